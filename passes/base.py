@@ -1,0 +1,53 @@
+"""What a pass is: a named graph rewrite with a validated config.
+
+A pass receives the model as an `onnx_ir.Model` plus a `PassContext` (analysis groups,
+device profile, seed) and returns a `PassOutcome` (the rewritten model and a few
+numbers worth keeping in the manifest). Validation (checker, onnxruntime, fidelity)
+is the runner's job, not the pass's, so every pass is checked the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+import pydantic
+
+
+class PassConfig(pydantic.BaseModel):
+    """Base for pass configs: unknown keys are errors, values are type-checked."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class PassContext:
+    """What a pass may look at besides the graph itself."""
+
+    analysis: Any = None  # edgefold.analysis.Analysis of the incoming model
+    profile: Any = None  # edgefold.targets.DeviceProfile, when the build has one
+    seed: int = 0
+    workdir: Path | None = None  # scratch space that disappears after the build
+    model_path: Path | None = None  # the incoming model file (for passes that run it)
+
+
+@dataclass
+class PassOutcome:
+    model: ir.Model
+    stats: dict[str, Any] = field(default_factory=dict)  # pass-specific, JSON-serialisable
+
+
+class GraphPass:
+    """Subclass, set `name` and `Config`, implement `run`; register with @register_pass."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PassConfig]] = PassConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: PassConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    def run(self, model: ir.Model, context: PassContext) -> PassOutcome:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,73 @@
+"""`cleanup`: constant folding, dead-node removal, initializer dedup, CSE.
+
+Built from onnxscript's optimizer pieces rather than hand-written graph walking. The
+exporter's own optimizer fuses BatchNormalization into Conv; we keep BN nodes unless
+asked, because the fold pass repairs BN statistics and needs them explicit.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript import rewriter
+from onnxscript.optimizer import _constant_folding
+from onnxscript.rewriter.rules.common import _fuse_batchnorm
+
+from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
+from edgefold.passes.registry import register_pass
+
+
+class CleanupConfig(PassConfig):
+    fuse_batchnorm: bool = False
+    iterations: int = 2
+
+
+def _rewrite_rules(fuse_batchnorm: bool) -> list:
+    rules = list(rewriter._DEFAULT_REWRITE_RULES)
+    if not fuse_batchnorm:
+        bn_rules = set(_fuse_batchnorm.rules.rules if hasattr(_fuse_batchnorm.rules, "rules") else _fuse_batchnorm.rules)
+        rules = [rule for rule in rules if rule not in bn_rules]
+    return rules
+
+
+def tidy_graph(model: ir.Model, *, fuse_batchnorm: bool = False, iterations: int = 2) -> ir.Model:
+    """Run the cleanup pipeline in place and return the model."""
+    sequence = ir.passes.Sequential(
+        common_passes.InlinePass(),
+        ir.passes.PassManager(
+            [
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True,
+                    input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                    output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                ),
+                rewriter.RewritePass(_rewrite_rules(fuse_batchnorm)),
+                common_passes.RemoveUnusedNodesPass(),
+                common_passes.RemoveUnusedFunctionsPass(),
+                common_passes.RemoveUnusedOpsetsPass(),
+            ],
+            steps=iterations,
+            early_stop=True,
+        ),
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.DeduplicateInitializersPass(),
+        common_passes.CommonSubexpressionEliminationPass(),
+        common_passes.OutputFixPass(),
+        common_passes.NameFixPass(),
+    )
+    sequence(model)
+    return model
+
+
+@register_pass
+class CleanupPass(GraphPass):
+    name = "cleanup"
+    Config = CleanupConfig
+    summary = "constant folding, dead-node removal, duplicate initializers, common subexpressions"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassOutcome:
+        nodes_before = len(list(model.graph.all_nodes()))
+        tidy_graph(model, fuse_batchnorm=self.config.fuse_batchnorm, iterations=self.config.iterations)
+        nodes_after = len(list(model.graph.all_nodes()))
+        return PassOutcome(model, {"nodes_before": nodes_before, "nodes_after": nodes_after})

@@ -1,0 +1,1 @@
+"""Helpers shared by several passes (graph surgery, math). Not passes themselves."""

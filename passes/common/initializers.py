@@ -1,0 +1,55 @@
+"""Reading and replacing initializers safely in an onnx_ir model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+
+def node_by_name(model: ir.Model) -> dict[str, ir.Node]:
+    return {node.name: node for node in model.graph.all_nodes() if node.name}
+
+
+def array(model: ir.Model, name: str) -> np.ndarray:
+    value = model.graph.initializers[name]
+    return value.const_value.numpy()
+
+
+def _fresh_name(model: ir.Model, base: str) -> str:
+    candidate, index = base, 1
+    while candidate in model.graph.initializers:
+        index += 1
+        candidate = f"{base}.{index}"
+    return candidate
+
+
+def replace_initializer(model: ir.Model, name: str, data: np.ndarray, *, readers: list[ir.Node] | None = None) -> str:
+    """Give `name` new contents.
+
+    If other nodes read the same initializer than `readers`, the readers get a private
+    copy instead (a new initializer) so tied or merged weights elsewhere stay intact.
+    Returns the name the readers now use.
+    """
+    value = model.graph.initializers[name]
+    users = {use.node for use in value.uses()}
+    tensor_dtype = value.const_value.dtype
+    data = np.ascontiguousarray(data.astype(tensor_dtype.numpy()))
+    if readers is not None and users - set(readers):
+        new_name = _fresh_name(model, f"{name}.{readers[0].name}")
+        new_value = ir.Value(name=new_name, shape=ir.Shape(data.shape), type=ir.TensorType(tensor_dtype),
+                             const_value=ir.Tensor(data, name=new_name))
+        model.graph.register_initializer(new_value)
+        for node in readers:
+            for index, node_input in enumerate(node.inputs):
+                if node_input is value:
+                    node.replace_input_with(index, new_value)
+        return new_name
+    value.const_value = ir.Tensor(data, name=name)
+    value.shape = ir.Shape(data.shape)
+    return name
+
+
+def forget_shape(value: ir.Value | None) -> None:
+    """Drop a stale inferred shape so shape inference recomputes it."""
+    if value is not None and not value.is_graph_output():
+        value.shape = None

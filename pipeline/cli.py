@@ -1,0 +1,189 @@
+"""The `edgefold` command line.
+
+Exit codes: 0 success, 1 a gate failed (reserved for budgets), 2 bad input or
+environment (one line on stderr, nothing partial written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from edgefold.errors import EdgefoldError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefold", description="Hardware-aware ONNX export, compression and compile.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="export a model to a verified ONNX file (cached)")
+    p.add_argument("model", nargs="?", help="built-in name, HF model folder or .onnx (default: smollm2-135m)")
+    p.add_argument("-o", "--output", type=Path, help="also copy the model into this folder")
+    p.add_argument("--force", action="store_true", help="ignore the export cache")
+
+    p = sub.add_parser("inspect", help="list prunable structures and channel groups")
+    p.add_argument("model", help=".onnx file or built-in name")
+    p.add_argument("--json", action="store_true", help="machine-readable groups on stdout")
+
+    p = sub.add_parser("compress", help="apply passes to a model ad hoc")
+    p.add_argument("model", help=".onnx file, built-in name or model folder")
+    p.add_argument("--pass", dest="passes", action="append", default=[], metavar="NAME[:k=v,...]",
+                   help="a pass to run (repeatable, in order)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--profile", default="host")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-tokens", type=int, default=8192, help="perplexity tokens for LMs")
+    p.add_argument("--no-eval", action="store_true", help="skip the task metric (fidelity is still checked)")
+
+    p = sub.add_parser("build", help="run a build recipe (default: SmolLM2-135M for the host CPU)")
+    p.add_argument("recipe", nargs="?", type=Path, help="recipe .toml (default: built-in default recipe)")
+    p.add_argument("-o", "--output", type=Path, help="output folder (overrides the recipe)")
+
+    p = sub.add_parser("eval", help="task metric of a model (perplexity, Spearman, agreement, accuracy)")
+    p.add_argument("model", help=".onnx file or built-in name")
+    p.add_argument("--reference", help="original model for agreement metrics")
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("passes", help="list available passes")
+    sub.add_parser("targets", help="list device profiles")
+    return parser
+
+
+def _model_path(name: str) -> Path:
+    """An .onnx path as given, or the cached export of a built-in name / folder."""
+    path = Path(name)
+    if path.suffix == ".onnx":
+        if not path.exists():
+            raise EdgefoldError(f"model file not found: {path}")
+        return path
+    from edgefold.export import export_model
+
+    return export_model(name).path
+
+
+def cmd_export(args) -> int:
+    from edgefold.export import export_model
+    from edgefold.handle import ModelHandle  # noqa: F401
+
+    handle = export_model(args.model, force=args.force)
+    target = handle.path
+    if args.output:
+        from edgefold import onnx_io
+        from edgefold.atomic import atomic_directory
+
+        with atomic_directory(args.output) as staging:
+            onnx_io.save(onnx_io.load(handle.path), staging / "model.onnx")
+        target = args.output / "model.onnx"
+    error = handle.info.get("max_abs_error_vs_torch")
+    print(f"{target}")
+    if error is not None:
+        print(f"max |onnxruntime - torch| on real inputs: {error:.3g}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from edgefold import onnx_io
+    from edgefold.analysis import analyse, print_table
+
+    analysis = analyse(onnx_io.load(_model_path(args.model)))
+    if args.json:
+        print(json.dumps(analysis.to_json(), indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        print_table(analysis, Console(width=None if sys.stdout.isatty() else 160))
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from edgefold.build import run_build
+    from edgefold.passes.registry import parse_pass_spec
+    from edgefold.recipe import EvalSettings, PassEntry, Recipe
+
+    if not args.passes:
+        raise EdgefoldError("compress needs at least one --pass NAME[:key=value,...]")
+    entries = []
+    for spec in args.passes:
+        name, options = parse_pass_spec(spec)
+        entries.append(PassEntry(name=name, **options))
+    recipe = Recipe(model=args.model, profile=args.profile, seed=args.seed, passes=entries,
+                    eval=EvalSettings(enabled=not args.no_eval, tokens=args.eval_tokens))
+    run_build(recipe, output=args.output)
+    return 0
+
+
+def cmd_build(args) -> int:
+    from edgefold.build import run_build
+    from edgefold.recipe import Recipe, load_recipe
+
+    if args.recipe is None:
+        recipe, base = Recipe(), Path.cwd()
+    else:
+        recipe, base = load_recipe(args.recipe)
+    run_build(recipe, base_dir=base, output=args.output)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from edgefold import onnx_io
+    from edgefold.evaluate import evaluate
+
+    path = _model_path(args.model)
+    reference = _model_path(args.reference) if args.reference else None
+    values = evaluate(path, reference_path=reference, tokens=args.tokens)
+    if args.json:
+        print(json.dumps(values, indent=2, sort_keys=True))
+    else:
+        name = onnx_io.metadata(path).get("edgefold.model", path.name)
+        for key, value in values.items():
+            print(f"{name} {key}: {value:.4f}")
+        if not values:
+            print(f"{name}: no task metric for this model (task unknown)")
+    return 0
+
+
+def cmd_passes(args) -> int:
+    from edgefold.passes.registry import available_passes
+
+    for name, cls in available_passes().items():
+        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Config.model_fields.items())
+        print(f"{name:12s} {cls.summary}  [{fields}]")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from edgefold.targets.profiles import available_profiles, load_profile_file
+
+    for name, path in available_profiles().items():
+        try:
+            profile = load_profile_file(path)
+            print(f"{name:22s} {profile.description}  (formats: {', '.join(profile.weight_formats)})")
+        except EdgefoldError as exc:
+            print(f"{name:22s} INVALID: {exc}")
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compress, "build": cmd_build,
+            "eval": cmd_eval, "passes": cmd_passes, "targets": cmd_targets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgefoldError as exc:
+        print(f"edgefold: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgefold: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Run passes in order, validating the model after every one.
+
+After each pass: save, full onnx.checker with shape inference, a run in onnxruntime on
+the reference inputs, and fidelity against the original model's outputs (max abs
+error, cosine) plus the task metric when asked. A pass that breaks the model stops the
+build with a clear error naming the pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgefold import onnx_io, progress
+from edgefold.errors import EdgefoldError
+from edgefold.export.verify import output_error
+from edgefold.handle import ModelHandle
+from edgefold.model_stats import file_bytes, parameter_count
+from edgefold.passes.base import GraphPass, PassContext
+
+
+@dataclass
+class PassRecord:
+    name: str
+    config: dict[str, Any]
+    stats: dict[str, Any]
+    params: int
+    file_bytes: int
+    macs: int | None
+    fidelity: dict[str, float]
+    metrics: dict[str, float]
+    seconds: float
+    model_sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """Deterministic part (no timings) for manifest.json."""
+        return {"name": self.name, "config": self.config, "stats": self.stats, "params": self.params,
+                "file_bytes": self.file_bytes, "macs": self.macs, "fidelity": _rounded(self.fidelity),
+                "metrics": _rounded(self.metrics), "model_sha256": self.model_sha256}
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    # Six significant digits: stable across runs, precise enough to compare.
+    return {k: float(f"{v:.6g}") for k, v in values.items()}
+
+
+def analyse_path(path: Path):
+    """Analysis of a saved model (None if analysis cannot make sense of the graph)."""
+    from edgefold.analysis import analyse
+
+    return analyse(onnx_io.load(path))
+
+
+def total_macs(analysis) -> int | None:
+    if analysis is None:
+        return None
+    totals = getattr(analysis, "totals", None) or {}
+    value = totals.get("macs") if isinstance(totals, dict) else getattr(totals, "macs", None)
+    return int(value) if value is not None else None
+
+
+def run_passes(
+    handle: ModelHandle,
+    passes: list[GraphPass],
+    workdir: Path,
+    *,
+    profile=None,
+    seed: int = 0,
+    evaluate_metric: Callable[[Path], dict[str, float]] | None = None,
+) -> tuple[Path, list[PassRecord]]:
+    """Apply `passes` to `handle`'s model; returns the final model path and one record per pass."""
+    from edgefold.hashing import sha256_files
+
+    inputs, reference_outputs = handle.reference_io()
+    current = handle.path
+    records: list[PassRecord] = []
+    for index, graph_pass in enumerate(passes, start=1):
+        title = f"pass {index}/{len(passes)}: {graph_pass.name}"
+        with progress.step(title):
+            start = time.perf_counter()
+            model = onnx_io.load(current)
+            analysis = analyse_path(current)
+            context = PassContext(analysis=analysis, profile=profile, seed=seed,
+                                  workdir=workdir, model_path=current)
+            outcome = graph_pass.run(model, context)
+            step_path = onnx_io.save(outcome.model, workdir / f"{index:02d}-{graph_pass.name}" / "model.onnx")
+            del model, outcome.model
+            seconds = time.perf_counter() - start
+            try:
+                onnx_io.check(step_path)
+                outputs = onnx_io.run(onnx_io.session(step_path), inputs) if inputs else {}
+            except EdgefoldError as exc:
+                raise EdgefoldError(f"pass {graph_pass.name!r} produced an invalid model: {exc}") from None
+            fidelity = output_error(reference_outputs, outputs) if inputs else {}
+            metrics = evaluate_metric(step_path) if evaluate_metric else {}
+            new_analysis = analyse_path(step_path)
+            records.append(PassRecord(
+                name=graph_pass.name,
+                config=graph_pass.config.model_dump(mode="json"),
+                stats=outcome.stats,
+                params=parameter_count(onnx_io.load(step_path)),
+                file_bytes=file_bytes(step_path),
+                macs=total_macs(new_analysis),
+                fidelity=fidelity,
+                metrics=metrics,
+                seconds=round(seconds, 3),
+                model_sha256=sha256_files(onnx_io.model_files(step_path)),
+            ))
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in {**fidelity, **metrics}.items())
+            progress.info(f"    {graph_pass.name}: {summary or 'no reference outputs'}")
+        current = step_path
+    return current, records

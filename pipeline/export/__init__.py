@@ -1,0 +1,56 @@
+"""`export`: anything the user names -> a verified, cached ONNX model (`ModelHandle`).
+
+Sources: a built-in name (`smollm2-135m`, `minilm-l6`, `efficientnet-lite0`,
+`digits-cnn`), a Hugging Face model folder, an existing `.onnx` file, or (from Python)
+a `torch.nn.Module` with example inputs. Exports go through torch's dynamo exporter
+at opset 21 with dynamic batch/sequence axes, are checked against torch on real inputs
+at several shapes, and are cached by content hash: a second export is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgefold.errors import EdgefoldError
+from edgefold.export.onnx_import import import_onnx
+from edgefold.export.pipeline import MODEL_FILE, export_plan, load_cached
+from edgefold.export.sources import builtin_plan, hf_folder_plan, module_plan
+from edgefold.handle import ModelHandle
+from edgefold.models.builtin import BUILTINS
+from edgefold.models.metadata import Task
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def export_model(source: str | Path | None = None, *, force: bool = False) -> ModelHandle:
+    """Resolve `source` (default: the embedded SmolLM2) and return a verified model."""
+    source = DEFAULT_MODEL if source is None else source
+    text = str(source)
+    if text in BUILTINS:
+        return export_plan(builtin_plan(text), force=force)
+    path = Path(text)
+    if path.suffix == ".onnx" or path.is_file():
+        # A model straight from edgefold's export cache needs no second import.
+        cached = load_cached(path.parent) if path.name == MODEL_FILE and not force else None
+        return cached or import_onnx(path, force=force)
+    if path.is_dir():
+        return export_plan(hf_folder_plan(path), force=force)
+    if not path.exists() and ("/" in text or path.suffix):
+        raise EdgefoldError(f"model not found: {text}")
+    known = ", ".join(BUILTINS)
+    raise EdgefoldError(f"unknown model {text!r}: give a built-in name ({known}), a model folder or an .onnx file")
+
+
+def export_module(module, example_inputs: dict[str, Any], *, name: str = "model", task: Task = Task.GENERIC,
+                  tokenizer: str | None = None, output_names: list[str] | None = None,
+                  dynamic_axes: dict[str, dict[int, str]] | None = None,
+                  check_inputs: list[dict[str, Any]] | None = None, force: bool = False) -> ModelHandle:
+    """Export a torch.nn.Module (the Python API entry)."""
+    plan = module_plan(module, example_inputs, name=name, task=task, tokenizer=tokenizer,
+                       output_names=output_names or ["output"], dynamic_axes=dynamic_axes,
+                       check_inputs=check_inputs)
+    return export_plan(plan, force=force)
+
+
+__all__ = ["DEFAULT_MODEL", "export_model", "export_module"]

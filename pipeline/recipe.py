@@ -1,0 +1,77 @@
+"""The build recipe (TOML): which model, which profile, which passes, where to write.
+
+    model = "smollm2-135m"          # built-in name, HF folder or .onnx (relative to this file)
+    profile = "host"                 # profile name or .toml path
+    output = "dist/smollm2-135m-host"
+    seed = 0
+
+    [[passes]]
+    name = "cleanup"                 # every other key is the pass's option
+
+    [eval]
+    tokens = 8192                    # LM perplexity tokens
+    every_pass = true                # task metric after each pass, not only at the end
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from edgefold.errors import EdgefoldError
+
+DEFAULT_PASSES = [{"name": "cleanup"}]
+
+
+class PassEntry(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvalSettings(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+    tokens: int = pydantic.Field(default=8192, ge=32)
+    every_pass: bool = True
+
+
+class Recipe(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    model: str | None = None  # None: the embedded default model
+    profile: str = "host"
+    output: str | None = None  # None: dist/<model>-<profile>
+    seed: int = 0
+    passes: list[PassEntry] = pydantic.Field(default_factory=lambda: [PassEntry(**p) for p in DEFAULT_PASSES])
+    eval: EvalSettings = EvalSettings()
+
+
+def load_recipe(path: Path) -> tuple[Recipe, Path]:
+    """Parse and validate; returns the recipe and the folder its relative paths start from."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgefoldError(f"recipe not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgefoldError(f"recipe {path} is not valid TOML: {exc}") from None
+    try:
+        recipe = Recipe(**data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'recipe'}: {e['msg']}" for e in exc.errors())
+        raise EdgefoldError(f"bad recipe {path}: {problems}") from None
+    return recipe, path.resolve().parent
+
+
+def resolve_relative(value: str | None, base: Path) -> str | None:
+    """Recipe paths are relative to the recipe; built-in names stay names."""
+    if value is None:
+        return None
+    candidate = base / value
+    return str(candidate) if ("/" in value or value.endswith((".onnx", ".toml"))) and candidate.exists() else value

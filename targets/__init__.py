@@ -1,0 +1,1 @@
+"""Device profiles and everything that depends on the target hardware."""

@@ -1,0 +1,105 @@
+"""Device profiles: TOML data files validated by one schema.
+
+A profile says what the passes may do on a device (weight formats, memory budget) and
+how the compiler should target it (TVM target, cross compiler, tuning budget). Built-in
+profiles live in `targets/profiles/*.toml`; users point at their own file or drop one
+into a folder named by EDGEFOLD_PROFILES.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+from edgefold.errors import EdgefoldError
+
+BUILTIN_DIR = Path(__file__).parent / "profiles"
+WeightFormat = Literal["fp32", "fp16", "int8", "int4", "fp8"]
+
+
+class MemorySpec(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    size_gb: float = pydantic.Field(gt=0)
+    bandwidth_gbps: float = pydantic.Field(gt=0, description="sustained read bandwidth, GB/s")
+    kind: str = ""
+
+
+class DeviceProfile(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    tvm_target: dict[str, Any]  # a TVM target as a JSON dict
+    cross_compiler: str | None = None  # e.g. "aarch64-linux-gnu-g++"; None = host toolchain
+    cores: int = pydantic.Field(ge=1)
+    dram: MemorySpec
+    flash: MemorySpec | None = None  # phones: weights may stream from flash
+    peak_gflops: dict[str, float] = pydantic.Field(default_factory=dict)  # per precision
+    weight_formats: list[WeightFormat] = pydantic.Field(default_factory=lambda: ["fp32", "int8", "int4"])
+    tuning_trials: int = pydantic.Field(default=64, ge=0)
+    channel_multiple: int = pydantic.Field(default=8, ge=1, description="preferred width multiple for pruning")
+
+    @pydantic.field_validator("tvm_target")
+    @classmethod
+    def _target_has_kind(cls, target: dict[str, Any]) -> dict[str, Any]:
+        if "kind" not in target:
+            raise ValueError("tvm_target needs a 'kind' (llvm, cuda, ...)")
+        return target
+
+
+def _search_dirs() -> list[Path]:
+    extra = os.environ.get("EDGEFOLD_PROFILES")
+    dirs = [Path(p) for p in extra.split(os.pathsep) if p] if extra else []
+    return dirs + [BUILTIN_DIR]
+
+
+def available_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in reversed(_search_dirs()):  # earlier folders override built-ins
+        for path in sorted(folder.glob("*.toml")):
+            found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
+def load_profile_file(path: Path) -> DeviceProfile:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EdgefoldError(f"profile file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgefoldError(f"profile {path} is not valid TOML: {exc}") from None
+    data.setdefault("name", Path(path).stem)
+    if data.get("tvm_target", {}).get("mcpu") == "detect":
+        data["tvm_target"] = {**data["tvm_target"], "mcpu": _host_cpu()}
+    if data.get("cores") == "detect":
+        data["cores"] = os.cpu_count() or 1
+    try:
+        return DeviceProfile(**data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise EdgefoldError(f"bad profile {path}: {problems}") from None
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """A profile by built-in name, or from a .toml path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml":
+        return load_profile_file(candidate)
+    profiles = available_profiles()
+    if name_or_path not in profiles:
+        raise EdgefoldError(f"unknown profile {name_or_path!r} (available: {', '.join(profiles)})")
+    return load_profile_file(profiles[name_or_path])
+
+
+def _host_cpu() -> str:
+    """The LLVM name of this CPU (TVM knows it; without TVM, plain x86-64)."""
+    try:
+        import tvm  # noqa: F401  (heavy import only when a profile asks to detect)
+
+        return str(tvm.target.codegen.llvm_get_system_cpu())
+    except Exception:
+        return "x86-64"
