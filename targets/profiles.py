@@ -73,8 +73,13 @@ def load_profile_file(path: Path) -> DeviceProfile:
     except tomllib.TOMLDecodeError as exc:
         raise EdgefoldError(f"profile {path} is not valid TOML: {exc}") from None
     data.setdefault("name", Path(path).stem)
-    if data.get("tvm_target", {}).get("mcpu") == "detect":
-        data["tvm_target"] = {**data["tvm_target"], "mcpu": _host_cpu()}
+    target = data.get("tvm_target", {})
+    if target.get("mcpu") == "detect":
+        target = {**target, "mcpu": _host_cpu()}
+    if target.get("num-cores") == "detect":
+        target = {**target, "num-cores": os.cpu_count() or 1}
+    if target:
+        data["tvm_target"] = target
     if data.get("cores") == "detect":
         data["cores"] = os.cpu_count() or 1
     try:
