@@ -1,32 +1,47 @@
-"""The main job: model -> export -> passes (validated) -> output folder with manifest.
+"""The main job: model -> export -> passes (validated) -> output folder -> gates.
 
 `edgefold build [recipe.toml]` and `edgefold compress` both end here. The output folder
 is written in a temporary sibling and renamed into place, so a failure leaves nothing.
+A build whose inputs (model content, recipe, profile, tool and edgefold versions) match
+the manifest already in the output folder is reused instead of redone.
 """
 
 from __future__ import annotations
 
 import json
-import platform
-import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgefold import onnx_io, progress
 from edgefold.atomic import atomic_directory, cache_root
+from edgefold.build_report import HTML_FILE, JUNIT_FILE, REPORT_FILE, layer_sizes, write_reports
 from edgefold.export import export_model
 from edgefold.export.sources import tool_versions
+from edgefold.gates import evaluate_gates
 from edgefold.handle import ModelHandle
-from edgefold.hashing import sha256_file, sha256_json
+from edgefold.hashing import sha256_file, sha256_files, sha256_json
 from edgefold.manifest import build_manifest, file_hashes, write_json
 from edgefold.model_stats import file_bytes, parameter_count
 from edgefold.passes.registry import create_pass
 from edgefold.recipe import EvalSettings, Recipe
 
 MANIFEST_FILE = "manifest.json"
-REPORT_FILE = "report.json"
+NOT_HASHED = {MANIFEST_FILE, REPORT_FILE, JUNIT_FILE, HTML_FILE}
+
+
+@dataclass
+class BuildResult:
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    output: Path
+    reused: bool
+
+    @property
+    def gates_passed(self) -> bool:
+        return self.report["gates_passed"]
 
 
 def default_output(handle: ModelHandle, profile_name: str) -> Path:
@@ -60,9 +75,48 @@ def baseline_metrics(handle: ModelHandle, settings: EvalSettings) -> dict[str, f
     return values
 
 
-def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | None = None) -> dict[str, Any]:
-    """Execute a recipe; returns the manifest. Raises EdgefoldError on bad input."""
-    from edgefold.compress import run_passes
+def code_fingerprint() -> str:
+    """Hash of edgefold's own source: a code change invalidates reused builds."""
+    import edgefold
+    import edgefold.passes
+    import edgefold.targets
+
+    roots = [Path(edgefold.__file__).parent, Path(edgefold.passes.__file__).parent, Path(edgefold.targets.__file__).parent]
+    files = [p for root in roots for p in root.rglob("*") if p.suffix in {".py", ".toml", ".cc"}]
+    return sha256_files(files, root=None)
+
+
+def build_inputs_hash(handle: ModelHandle, recipe: Recipe, profile) -> str:
+    recipe_part = recipe.model_dump(mode="json", exclude={"output"})
+    return sha256_json({"model": handle.source_sha256, "recipe": recipe_part,
+                        "profile": profile.model_dump(mode="json"), "versions": tool_versions(),
+                        "code": code_fingerprint()})
+
+
+def _reusable(out_dir: Path, inputs_hash: str) -> dict[str, Any] | None:
+    """The existing manifest if the folder was built from the same inputs and is intact."""
+    manifest_path = out_dir / MANIFEST_FILE
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if manifest.get("inputs_sha256") != inputs_hash:
+        progress.info(f"rebuilding {out_dir}: inputs changed since its last build")
+        return None
+    for name, digest in manifest.get("files", {}).items():
+        path = out_dir / name
+        if not path.exists() or sha256_file(path) != digest:
+            progress.info(f"rebuilding {out_dir}: {name} was modified or removed")
+            return None
+    return manifest
+
+
+def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | None = None,
+              reuse: bool = True) -> BuildResult:
+    """Execute a recipe. Raises EdgefoldError on bad input; gate failures are in the result."""
+    from edgefold.compress import analyse_path, run_passes
     from edgefold.recipe import resolve_relative
     from edgefold.targets.profiles import load_profile
 
@@ -70,13 +124,18 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     base_dir = base_dir or Path.cwd()
     profile = load_profile(resolve_relative(recipe.profile, base_dir) or recipe.profile)
     passes = [create_pass(entry.name, entry.options) for entry in recipe.passes]  # validate before work
+    check_latency_targets(recipe)
     handle = export_model(resolve_relative(recipe.model, base_dir))
     out_dir = Path(output) if output else (base_dir / recipe.output if recipe.output
                                             else default_output(handle, profile.name))
+    inputs_hash = build_inputs_hash(handle, recipe, profile)
+    if reuse and (manifest := _reusable(out_dir, inputs_hash)) is not None:
+        progress.info(f"reused {out_dir}: model, recipe, profile and tools unchanged (inputs {inputs_hash[:12]})")
+        return _finish(out_dir, manifest, recipe, handle, records=[], layers=None, start=start, reused=True)
+
     baseline = baseline_metrics(handle, recipe.eval)
     _print_metrics(f"original {handle.name}", baseline)
     metric = evaluation(handle, recipe.eval)
-
     work_root = cache_root() / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build-", dir=work_root) as scratch:
@@ -86,45 +145,103 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
         )
         final_metrics = records[-1].metrics if records and recipe.eval.every_pass else (
             metric(final_path) if metric else {})
+        layers = layer_sizes(analyse_path(handle.path), analyse_path(final_path))
         with atomic_directory(out_dir) as staging, progress.step(f"write {out_dir}"):
             model = onnx_io.load(final_path)
             onnx_io.save(model, staging / "model.onnx")
             params = parameter_count(model)
             del model
-            files = file_hashes(staging, exclude={MANIFEST_FILE, REPORT_FILE})
             manifest = build_manifest(
                 model={"name": handle.name, "task": handle.task.value, "source_sha256": handle.source_sha256,
                        "export_max_abs_error": _three_digits(handle.info.get("max_abs_error_vs_torch")),
                        "params": parameter_count(onnx_io.load(handle.path)), "file_bytes": file_bytes(handle.path)},
                 profile={"name": profile.name, "sha256": sha256_json(profile.model_dump(mode="json"))},
                 recipe={"seed": recipe.seed, "passes": [{"name": e.name, **e.options} for e in recipe.passes],
-                        "eval": recipe.eval.model_dump()},
+                        "eval": recipe.eval.model_dump(), "gates": recipe.gates.model_dump()},
                 passes=[r.manifest_entry() for r in records],
                 baseline={k: float(f"{v:.6g}") for k, v in baseline.items()},
                 final={"params": params, "file_bytes": file_bytes(staging / "model.onnx"),
                        "metrics": {k: float(f"{v:.6g}") for k, v in final_metrics.items()}},
-                files=files,
-                versions={"edgefold": manifest_version(), **tool_versions()},
+                files=file_hashes(staging, exclude=NOT_HASHED),
+                versions={"edgefold": _edgefold_version(), **tool_versions()},
+                inputs_sha256=inputs_hash,
             )
             write_json(staging / MANIFEST_FILE, manifest)
-            write_json(staging / REPORT_FILE, {
-                "schema": 1,
-                "seconds_total": round(time.perf_counter() - start, 2),
-                "export": {k: v for k, v in handle.info.items() if k != "versions"},
-                "passes": [{"name": r.name, "seconds": r.seconds} for r in records],
-                "machine": {"python": platform.python_version(), "platform": platform.platform()},
-            })
+            result = _finish(staging, manifest, recipe, handle, records=records, layers=layers, start=start,
+                             reused=False, report_dir=out_dir)
+    result.output = out_dir
     _print_metrics(f"compressed {handle.name}", final_metrics)
     progress.info(f"wrote {out_dir}/model.onnx and {MANIFEST_FILE} "
                   f"({manifest['model']['file_bytes'] / 1e6:.1f} MB -> {manifest['final']['file_bytes'] / 1e6:.1f} MB)")
-    return manifest
+    return result
+
+
+def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,
+            start: float, reused: bool, report_dir: Path | None = None) -> BuildResult:
+    """Measure latency gates, check all gates, write the reports into `folder`."""
+    latency = measure_latency(folder / "model.onnx", handle, recipe)
+    if layers is None:  # reused build: keep the layer table of the earlier report
+        previous = folder / REPORT_FILE
+        layers = json.loads(previous.read_text()).get("layers", []) if previous.exists() else []
+    gates = evaluate_gates(
+        recipe.gates, artifact_bytes=manifest["final"]["file_bytes"], baseline=manifest["baseline"],
+        final=manifest["final"]["metrics"],
+        latency_ms={target: values["median_ms"] for target, values in latency.items()},
+    )
+    report = write_reports(folder, manifest=manifest, records=records, gates=[g.as_dict() for g in gates],
+                           latency=latency, layers=layers, export_info=handle.info,
+                           seconds_total=time.perf_counter() - start, reused=reused)
+    for gate in gates:
+        progress.info(("PASS " if gate.passed else "FAIL ") + gate.detail)
+    return BuildResult(manifest, report, report_dir or folder, reused)
+
+
+def check_build(recipe: Recipe, *, base_dir: Path, output: Path | None = None) -> BuildResult:
+    """Re-check the gates of an existing artifact (latency is measured again)."""
+    from edgefold.errors import EdgefoldError
+    from edgefold.recipe import resolve_relative
+
+    handle = export_model(resolve_relative(recipe.model, base_dir))
+    if output is None and recipe.output is None:
+        raise EdgefoldError("check needs the artifact folder: set output in the recipe or pass -o")
+    out_dir = Path(output) if output else base_dir / recipe.output
+    manifest_path = out_dir / MANIFEST_FILE
+    if not manifest_path.exists():
+        raise EdgefoldError(f"no build at {out_dir}: run edgefold build first")
+    manifest = json.loads(manifest_path.read_text())
+    return _finish(out_dir, manifest, recipe, handle, records=[], layers=None, start=time.perf_counter(), reused=True)
+
+
+LATENCY_TARGETS = ("onnxruntime",)
+
+
+def check_latency_targets(recipe: Recipe) -> None:
+    from edgefold.errors import EdgefoldError
+
+    for target in recipe.gates.max_latency_ms:
+        if target not in LATENCY_TARGETS:
+            raise EdgefoldError(f"unknown latency target {target!r} in [gates.max_latency_ms] "
+                                f"(available: {', '.join(LATENCY_TARGETS)})")
+
+
+def measure_latency(model_path: Path, handle: ModelHandle, recipe: Recipe) -> dict[str, Any]:
+    """Latency for each target a latency gate names (onnxruntime on this host for now)."""
+    from edgefold.latency import measure_onnxruntime
+
+    check_latency_targets(recipe)
+    results: dict[str, Any] = {}
+    inputs, _ = handle.reference_io()
+    for target in sorted(recipe.gates.max_latency_ms):
+        with progress.step(f"measure latency ({target})"):
+            results[target] = {"kind": "measured", **measure_onnxruntime(model_path, inputs)}
+    return results
 
 
 def _three_digits(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.3g}")
 
 
-def manifest_version() -> str:
+def _edgefold_version() -> str:
     from edgefold import __version__
 
     return __version__

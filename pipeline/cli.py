@@ -1,6 +1,6 @@
 """The `edgefold` command line.
 
-Exit codes: 0 success, 1 a gate failed (reserved for budgets), 2 bad input or
+Exit codes: 0 success, 1 a gate failed (the report says which and by how much), 2 bad input or
 environment (one line on stderr, nothing partial written).
 """
 
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="run a build recipe (default: SmolLM2-135M for the host CPU)")
     p.add_argument("recipe", nargs="?", type=Path, help="recipe .toml (default: built-in default recipe)")
     p.add_argument("-o", "--output", type=Path, help="output folder (overrides the recipe)")
+    p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+
+    p = sub.add_parser("check", help="check a built artifact against its recipe's gates (exit 1 if one fails)")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="artifact folder (default: the recipe's output)")
 
     p = sub.add_parser("eval", help="task metric of a model (perplexity, Spearman, agreement, accuracy)")
     p.add_argument("model", help=".onnx file or built-in name")
@@ -112,8 +117,7 @@ def cmd_compress(args) -> int:
         entries.append(PassEntry(name=name, **options))
     recipe = Recipe(model=args.model, profile=args.profile, seed=args.seed, passes=entries,
                     eval=EvalSettings(enabled=not args.no_eval, tokens=args.eval_tokens))
-    run_build(recipe, output=args.output)
-    return 0
+    return 0 if run_build(recipe, output=args.output).gates_passed else 1
 
 
 def cmd_build(args) -> int:
@@ -124,8 +128,16 @@ def cmd_build(args) -> int:
         recipe, base = Recipe(), Path.cwd()
     else:
         recipe, base = load_recipe(args.recipe)
-    run_build(recipe, base_dir=base, output=args.output)
-    return 0
+    result = run_build(recipe, base_dir=base, output=args.output, reuse=not args.force)
+    return 0 if result.gates_passed else 1
+
+
+def cmd_check(args) -> int:
+    from edgefold.build import check_build
+    from edgefold.recipe import load_recipe
+
+    recipe, base = load_recipe(args.recipe)
+    return 0 if check_build(recipe, base_dir=base, output=args.output).gates_passed else 1
 
 
 def cmd_eval(args) -> int:
@@ -168,6 +180,7 @@ def cmd_targets(args) -> int:
 
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compress, "build": cmd_build,
+            "check": cmd_check,
             "eval": cmd_eval, "passes": cmd_passes, "targets": cmd_targets}
 
 

@@ -27,8 +27,9 @@ def write_json(path: Path, value: Any) -> None:
 
 def build_manifest(*, model: dict[str, Any], profile: dict[str, Any], recipe: dict[str, Any],
                    passes: list[dict[str, Any]], baseline: dict[str, Any], final: dict[str, Any],
-                   files: dict[str, str], versions: dict[str, str]) -> dict[str, Any]:
+                   files: dict[str, str], versions: dict[str, str], inputs_sha256: str) -> dict[str, Any]:
     return {
+        "inputs_sha256": inputs_sha256,
         "schema": MANIFEST_SCHEMA,
         "edgefold_version": __version__,
         "model": model,

@@ -11,6 +11,11 @@
     [eval]
     tokens = 8192                    # LM perplexity tokens
     every_pass = true                # task metric after each pass, not only at the end
+
+    [gates]                          # optional budgets; a failing gate exits 1
+    max_artifact_mb = 200
+    max_perplexity_increase = 0.05   # relative to the original model
+    max_latency_ms = { onnxruntime = 80 }
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import pydantic
 
 from edgefold.errors import EdgefoldError
+from edgefold.gates import Gates
 
 DEFAULT_PASSES = [{"name": "cleanup"}]
 
@@ -50,6 +56,7 @@ class Recipe(pydantic.BaseModel):
     seed: int = 0
     passes: list[PassEntry] = pydantic.Field(default_factory=lambda: [PassEntry(**p) for p in DEFAULT_PASSES])
     eval: EvalSettings = EvalSettings()
+    gates: Gates = Gates()
 
 
 def load_recipe(path: Path) -> tuple[Recipe, Path]:

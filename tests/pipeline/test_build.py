@@ -8,7 +8,9 @@ from edgefold import onnx_io
 
 
 def _files(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "report.json"}
+    """The hashed artifact files plus the manifest (reports hold timings, so they differ)."""
+    names = set(json.loads((folder / "manifest.json").read_text())["files"]) | {"manifest.json"}
+    return {name: (folder / name).read_bytes() for name in sorted(names)}
 
 
 def test_compress_writes_model_and_manifest(cli, tmp_path, digits_onnx):
@@ -56,7 +58,7 @@ def test_default_build_on_smollm2(cli, tmp_path, smollm2_onnx, monkeypatch):
 
     recipe = Recipe(eval=EvalSettings(tokens=1024))
     assert recipe.model is None and recipe.profile == "host" and [p.name for p in recipe.passes] == ["cleanup"]
-    manifest = build.run_build(recipe, output=tmp_path / "dist")
+    manifest = build.run_build(recipe, output=tmp_path / "dist").manifest
     assert manifest["model"]["name"] == "smollm2-135m"
     ppl = manifest["final"]["metrics"]["perplexity"]
     assert abs(ppl - manifest["baseline"]["perplexity"]) < 1e-3
