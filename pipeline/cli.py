@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("profile", help="latency of a built model on a target (measured or estimated)")
+    p.add_argument("artifact", type=Path, help="a build folder (with manifest.json) or a model.onnx")
+    p.add_argument("--target", default="onnxruntime", help="onnxruntime (measured here) or estimate")
+    p.add_argument("--profile", help="device profile for estimate (default: the artifact's)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+
     sub.add_parser("passes", help="list available passes")
     sub.add_parser("targets", help="list device profiles")
     return parser
@@ -158,6 +165,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from edgefold.profiling import profile_model
+
+    model_path = args.artifact / "model.onnx" if args.artifact.is_dir() else args.artifact
+    profile_name = args.profile
+    manifest_path = model_path.parent / "manifest.json"
+    if profile_name is None:
+        profile_name = json.loads(manifest_path.read_text())["profile"]["name"] if manifest_path.exists() else "host"
+    result = profile_model(_model_path(str(model_path)), args.target, profile_name=profile_name, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    for shape, values in result["shapes"].items():
+        line = f"{shape}: median {values['median_ms']:.3f} ms ({values['kind']}"
+        line += f" for {profile_name})" if values["kind"] == "estimated" else f", p90 {values['p90_ms']:.3f}, min {values['min_ms']:.3f})"
+        if "tokens_per_s" in values:
+            line += f", {values['tokens_per_s']:.1f} tokens/s"
+        print(line)
+        for kernel in values["kernels"][:8]:
+            print(f"    {kernel['ms']:9.3f} ms {100 * kernel['share']:5.1f}%  {kernel['name']}")
+    return 0
+
+
 def cmd_passes(args) -> int:
     from edgefold.passes.registry import available_passes
 
@@ -180,7 +210,7 @@ def cmd_targets(args) -> int:
 
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compress, "build": cmd_build,
-            "check": cmd_check,
+            "check": cmd_check, "profile": cmd_profile,
             "eval": cmd_eval, "passes": cmd_passes, "targets": cmd_targets}
 
 
