@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("-o", "--output", type=Path, help="artifact folder (default: the recipe's output)")
 
+    p = sub.add_parser("search", help="build a grid of pass settings and report the Pareto front")
+    p.add_argument("recipe", type=Path, help="recipe with a [search] table")
+    p.add_argument("-o", "--output", type=Path, help="output folder (default: the recipe's output)")
+
     p = sub.add_parser("eval", help="task metric of a model (perplexity, Spearman, agreement, accuracy)")
     p.add_argument("model", help=".onnx file or built-in name")
     p.add_argument("--reference", help="original model for agreement metrics")
@@ -147,6 +151,27 @@ def cmd_check(args) -> int:
     return 0 if check_build(recipe, base_dir=base, output=args.output).gates_passed else 1
 
 
+def cmd_search(args) -> int:
+    from edgefold.recipe import load_recipe
+    from edgefold.search import run_search
+
+    recipe, base = load_recipe(args.recipe)
+    if recipe.search is None:
+        raise EdgefoldError(f"{args.recipe} has no [search] table (e.g. grid = {{ \"fold.ratio\" = [0.1, 0.2] }})")
+    output = args.output or base / (recipe.output or "dist/search")
+    summary = run_search(recipe, recipe.search, base_dir=base, output=output)
+    for point in summary["points"]:
+        mark = "*" if point["pareto"] else " "
+        print(f"{mark} {point['setting']}: {summary['quality']} {point[summary['quality']]:.4f}, "
+              f"{point['latency_ms']:.2f} ms, {point['file_mb']:.1f} MB, gates {'pass' if point['gates_passed'] else 'FAIL'}")
+    best = summary["best"]
+    if best is None:
+        print("no configuration meets the gates")
+        return 1
+    print(f"best: {best['setting']} -> {output / 'best'}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from edgefold import onnx_io
     from edgefold.evaluate import evaluate
@@ -210,7 +235,7 @@ def cmd_targets(args) -> int:
 
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compress, "build": cmd_build,
-            "check": cmd_check, "profile": cmd_profile,
+            "check": cmd_check, "profile": cmd_profile, "search": cmd_search,
             "eval": cmd_eval, "passes": cmd_passes, "targets": cmd_targets}
 
 

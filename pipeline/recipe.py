@@ -48,6 +48,22 @@ class EvalSettings(pydantic.BaseModel):
     every_pass: bool = True
 
 
+class SearchSpace(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    grid: dict[str, list[Any]]
+    cost: str = pydantic.Field(default="latency_ms", pattern="^(latency_ms|file_mb)$")
+
+    @pydantic.field_validator("grid")
+    @classmethod
+    def _dotted(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if "." not in key:
+                raise ValueError(f"{key!r}: expected PASS.OPTION")
+            if not values:
+                raise ValueError(f"{key!r}: no values to try")
+        return grid
+
+
 class Recipe(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     model: str | None = None  # None: the embedded default model
@@ -57,6 +73,7 @@ class Recipe(pydantic.BaseModel):
     passes: list[PassEntry] = pydantic.Field(default_factory=lambda: [PassEntry(**p) for p in DEFAULT_PASSES])
     eval: EvalSettings = EvalSettings()
     gates: Gates = Gates()
+    search: SearchSpace | None = None  # only `edgefold search` reads it
 
 
 def load_recipe(path: Path) -> tuple[Recipe, Path]:

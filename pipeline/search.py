@@ -1,0 +1,102 @@
+"""`edgefold search`: try a grid of pass settings, keep the Pareto front, pick one.
+
+The recipe's `[search]` table names options as `PASS.OPTION = [values...]`; every
+combination is built (reusing the normal build, so each point is validated and
+evaluated the same way) into `<output>/search/NN`. Each point gets its size, onnxruntime
+latency and task metric; the front is the set no other point beats on both cost (latency
+or size) and quality. The chosen configuration is the cheapest point that passes every
+gate, copied to `<output>/best`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgefold import progress
+from edgefold.errors import EdgefoldError
+from edgefold.recipe import PassEntry, Recipe, SearchSpace
+
+
+def configurations(recipe: Recipe, space: SearchSpace) -> list[tuple[dict[str, Any], Recipe]]:
+    """Every combination of the grid applied to the recipe's passes."""
+    names = {entry.name for entry in recipe.passes}
+    for key in space.grid:
+        if key.split(".", 1)[0] not in names:
+            raise EdgefoldError(f"search grid names {key!r} but the recipe has no pass {key.split('.', 1)[0]!r}")
+    keys = sorted(space.grid)
+    result = []
+    for values in itertools.product(*(space.grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        passes = []
+        for entry in recipe.passes:
+            options = entry.options
+            for key, value in setting.items():
+                pass_name, option = key.split(".", 1)
+                if pass_name == entry.name:
+                    options[option] = value
+            passes.append(PassEntry(name=entry.name, **options))
+        result.append((setting, recipe.model_copy(update={"passes": passes})))
+    return result
+
+
+def pareto_front(points: list[dict[str, Any]], cost: str, quality: str, higher_is_better: bool) -> None:
+    """Mark points no other point dominates (lower cost and better quality)."""
+    def better(a: float, b: float) -> bool:
+        return a > b if higher_is_better else a < b
+
+    for point in points:
+        point["pareto"] = not any(
+            (other[cost] <= point[cost] and not better(point[quality], other[quality]))
+            and (other[cost] < point[cost] or better(other[quality], point[quality]))
+            for other in points if other is not point)
+
+
+def run_search(recipe: Recipe, space: SearchSpace, *, base_dir: Path, output: Path) -> dict[str, Any]:
+    from edgefold.build import run_build
+    from edgefold.evaluate import primary_metric
+    from edgefold.latency import measure_onnxruntime
+
+    points: list[dict[str, Any]] = []
+    configs = configurations(recipe, space)
+    for index, (setting, candidate) in enumerate(configs):
+        progress.info(f"search {index + 1}/{len(configs)}: {setting}")
+        result = run_build(candidate, base_dir=base_dir, output=output / "search" / f"{index:02d}")
+        inputs, _ = _reference_inputs(candidate, base_dir)
+        latency = measure_onnxruntime(result.output / "model.onnx", inputs, repeats=5)["median_ms"]
+        metrics = result.manifest["final"]["metrics"]
+        points.append({"setting": setting, "folder": str(result.output), "latency_ms": latency,
+                       "file_mb": result.manifest["final"]["file_bytes"] / 1e6, **metrics,
+                       "gates_passed": result.gates_passed})
+    task = result.manifest["model"]["task"]
+    metric = primary_metric(task)
+    if metric is None:
+        raise EdgefoldError("search needs a model with a task metric (perplexity, Spearman, agreement, accuracy)")
+    quality, higher = metric
+    pareto_front(points, space.cost, quality, higher)
+    passing = [p for p in points if p["gates_passed"]]
+    best = min(passing, key=lambda p: (p[space.cost], -p[quality] if higher else p[quality])) if passing else None
+    if best is not None:
+        target = output / "best"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(best["folder"], target)
+    summary = {"cost": space.cost, "quality": quality, "higher_is_better": higher, "points": points,
+               "best": best, "x": space.cost, "y": quality}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "search.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    from edgefold.report.html import write_html
+
+    write_html(output / "search.html", {"model": {"name": result.manifest["model"]["name"]}, "profile": recipe.profile,
+                                        "passes": [], "search": summary})
+    return summary
+
+
+def _reference_inputs(recipe: Recipe, base_dir: Path):
+    from edgefold.export import export_model
+    from edgefold.recipe import resolve_relative
+
+    return export_model(resolve_relative(recipe.model, base_dir)).reference_io()
