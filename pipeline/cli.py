@@ -64,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("simulate", help="replay real text through a phone's DRAM cache of MLP weights (DIP, DIP-CA)")
+    p.add_argument("model", help="built-in name, HF model folder or .onnx (a causal LM with MLP blocks)")
+    p.add_argument("--profile", action="append", dest="profiles", metavar="PROFILE",
+                   help="device profile with flash (repeatable; default mobile-arm64)")
+    p.add_argument("--sparsity", default="0.25,0.5,0.75", help="DIP MLP sparsities (comma-separated)")
+    p.add_argument("--ca-sparsity", help="DIP-CA sparsities (default: the --sparsity list)")
+    p.add_argument("--gamma", default="0.1,0.2,0.5", help="DIP-CA gammas (comma-separated; 1 = plain DIP)")
+    p.add_argument("--policy", default="lru", help="cache eviction policies: lru, lfu (comma-separated)")
+    p.add_argument("--tokens", type=int, default=8192, help="Wikipedia tokens to replay")
+    p.add_argument("--window", type=int, default=512, help="tokens per perplexity window")
+    p.add_argument("--dram-budget-mb", type=float, help="DRAM for weights (default: the profile's weight_budget_gb)")
+    p.add_argument("--cache-fraction", type=float, help="cache this share of the MLP weights instead of a budget")
+    p.add_argument("--bytes-per-weight", type=float, help="price weights as this many bytes (2 = fp16, 0.5 = int4)")
+    p.add_argument("-o", "--output", type=Path, help="write results.json, per_token.npz and plots here")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+
     sub.add_parser("passes", help="list available passes")
     sub.add_parser("targets", help="list device profiles")
     return parser
@@ -213,6 +229,39 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _float_list(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise EdgefoldError(f"bad {what} list {text!r}: expected comma-separated numbers") from None
+
+
+def cmd_simulate(args) -> int:
+    from edgefold.simulate import default_methods, simulate
+    from edgefold.simulate.report import print_table, write_outputs
+
+    policies = tuple(p.strip() for p in args.policy.split(",") if p.strip())
+    methods = default_methods(_float_list(args.sparsity, "sparsity"), _float_list(args.gamma, "gamma"),
+                              _float_list(args.ca_sparsity, "DIP-CA sparsity"), policies)
+    result = simulate(args.model, args.profiles or ["mobile-arm64"], methods=methods, policies=policies,
+                      tokens=args.tokens, window=args.window, dram_budget_mb=args.dram_budget_mb,
+                      cache_fraction=args.cache_fraction, bytes_per_weight=args.bytes_per_weight)
+    if args.output:
+        from edgefold.atomic import atomic_directory
+
+        with atomic_directory(args.output) as staging:
+            write_outputs(result, staging)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        print_table(result, Console(width=None if sys.stdout.isatty() else 160))
+    return 0
+
+
 def cmd_passes(args) -> int:
     from edgefold.passes.registry import available_passes
 
@@ -236,7 +285,7 @@ def cmd_targets(args) -> int:
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compress, "build": cmd_build,
             "check": cmd_check, "profile": cmd_profile, "search": cmd_search,
-            "eval": cmd_eval, "passes": cmd_passes, "targets": cmd_targets}
+            "eval": cmd_eval, "simulate": cmd_simulate, "passes": cmd_passes, "targets": cmd_targets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,9 @@ class MemorySpec(pydantic.BaseModel):
     size_gb: float = pydantic.Field(gt=0)
     bandwidth_gbps: float = pydantic.Field(gt=0, description="sustained read bandwidth, GB/s")
     kind: str = ""
+    # DRAM an app may fill with model weights (phones share DRAM with the OS and other
+    # apps); weights beyond it stream from flash. Optional: only `edgefold simulate` reads it.
+    weight_budget_gb: float | None = pydantic.Field(default=None, gt=0)
 
 
 class DeviceProfile(pydantic.BaseModel):

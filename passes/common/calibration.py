@@ -1,0 +1,124 @@
+"""Measured input statistics for quantization, from a few real samples.
+
+The model runs once per sample in onnxruntime with the inputs of its weight readers
+added as graph outputs; each reader gets the mean square of its input per channel (the
+weight's input axis), an embedding table the token counts (plus one, so unseen tokens
+still count). The samples are not the evaluation data: text models read the Lee
+*background* corpus (the evaluation uses the Wikipedia dump and the 50 Lee documents),
+digits the training split. Image models have only the evaluation photos, so they read
+those mirrored; that overlap is why calibration is optional and off by default.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgefold import onnx_io
+from edgefold.errors import EdgefoldError
+from edgefold.models.metadata import TOKENIZER_KEY, Task, load_tokenizer, model_task
+
+TEXT_TOKENS = 256  # at most this many tokens per calibration document
+
+
+def calibration_feeds(model_path: Path, samples: int) -> list[dict[str, np.ndarray]]:
+    meta = onnx_io.metadata(model_path)
+    task = model_task(meta)
+    if task in (Task.CAUSAL_LM, Task.SENTENCE_EMBEDDING):
+        from gensim.test.utils import datapath
+
+        tokenizer = load_tokenizer(meta.get(TOKENIZER_KEY) or "")
+        with open(datapath("lee_background.cor"), "rb") as f:
+            documents = [line.decode("latin1").strip() for line in f if line.strip()][:samples]
+        feeds = []
+        for text in documents:
+            ids = tokenizer(text, add_special_tokens=task is Task.SENTENCE_EMBEDDING, truncation=True,
+                            max_length=TEXT_TOKENS)["input_ids"]
+            ids = np.asarray([ids], dtype=np.int64)
+            feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+        return feeds
+    if task is Task.IMAGE_CLASSIFIER:
+        from edgefold.evaluate.data import sample_photos
+        from edgefold.evaluate.vision import image_batch
+
+        photos = [np.ascontiguousarray(p[:, ::-1]) for p in sample_photos()[:samples]]
+        return [{"image": image_batch([p]).astype(np.float32)} for p in photos]
+    if task is Task.DIGITS_CLASSIFIER:
+        from edgefold.evaluate.data import digits_split
+
+        train, _, _, _ = digits_split()
+        return [{"image": np.asarray(train[i * 8:(i + 1) * 8], np.float32)} for i in range(samples)]
+    raise EdgefoldError("quantize: calibration needs a model with a known task (causal-lm, sentence-embedding, "
+                        "image or digits classifier); drop act_scale and use sensitivity=data-free")
+
+
+def measure_energy(model_path: Path | None, sites, samples: int) -> None:
+    """Set `reader.energy` of every reader of `sites` from real samples (in place)."""
+    if model_path is None:
+        raise EdgefoldError("quantize: calibration needs the model file")
+    model_path = Path(model_path)
+    wanted = sorted({r.activation.name for s in sites for r in s.readers if r.activation is not None})
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+        session = _session_with_outputs(model_path, wanted, Path(tmp))
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        for feed in calibration_feeds(model_path, samples):
+            values = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
+            for name, value in zip(outputs, values):
+                if name not in wanted:
+                    continue
+                total, count = _energy(value)
+                if np.issubdtype(value.dtype, np.integer):  # token ids: keep them all
+                    total = np.concatenate([sums.get(name, np.zeros(0, np.int64)), total])
+                else:
+                    total = sums.get(name, 0) + total
+                sums[name] = total
+                counts[name] = counts.get(name, 0) + count
+    for site in sites:
+        rows = site.value.const_value.shape[0]
+        for reader in site.readers:
+            name = reader.activation.name if reader.activation is not None else None
+            if name not in sums:
+                continue
+            width = site.value.const_value.shape[reader.axis]
+            if reader.kind == "gather":
+                ids = sums[name]
+                reader.energy = np.bincount(ids.astype(np.int64), minlength=rows)[:rows] + 1.0
+            elif sums[name].shape == (width,):
+                reader.energy = sums[name] / counts[name]
+
+
+def _energy(value: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-channel sum of squares and the count behind it (token ids: the ids themselves)."""
+    if np.issubdtype(value.dtype, np.integer):
+        return value.reshape(-1), 1.0
+    x = value.astype(np.float64)
+    if x.ndim == 4:  # NCHW: channels on axis 1
+        return np.square(x).sum(axis=(0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3]
+    flat = x.reshape(-1, x.shape[-1])
+    return np.square(flat).sum(axis=0), flat.shape[0]
+
+
+def _session_with_outputs(model_path: Path, names: list[str], tmp: Path):
+    """A session on the same graph with `names` as extra outputs (external data hard-linked, not copied)."""
+    proto = onnx.load(str(model_path), load_external_data=False)
+    existing = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in existing:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    data = onnx_io.data_path_for(model_path)
+    if data.exists():  # onnxruntime refuses external data that resolves outside the model's folder
+        try:
+            os.link(data.resolve(), tmp / data.name)
+        except OSError:  # another filesystem: copy
+            shutil.copyfile(data, tmp / data.name)
+    path = tmp / model_path.name
+    onnx.save(proto, str(path))
+    return onnx_io.session(path)
