@@ -13,6 +13,11 @@ output feeds every original reader, so a tied embedding stays one tensor in the 
 With `target=onnxruntime`, int4 weights of plain MatMuls become onnxruntime's
 `MatMulNBits` (com.microsoft) instead, which runs faster there but only there.
 
+Formats per weight under a budget come from a per-weight sensitivity (data-free, or with
+`sensitivity=calibration` measured on a few real samples) and an exact knapsack
+(passes/common/bit_allocation.py). `act_scale=0.5` rescales weights after norms by their
+measured input energy first (passes/common/act_scaling.py). Details: docs/quantize.md.
+
 Only formats the device profile lists are allowed (fp8 needs a profile with fp8).
 Budgets count every byte a weight stores (codes, scales, zero points) and are never
 exceeded; a budget that even the smallest allowed formats cannot meet is an error.

@@ -247,10 +247,12 @@ def test_fp32_is_exact(tiny_lm, tmp_path):
 
 
 def test_file_really_shrinks_and_is_deterministic(tiny_lm, tmp_path):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for options in ({"format": "int4-g32-sym"}, {"avg_bits": 5.0}):
+        (tmp_path / "a").mkdir(exist_ok=True), (tmp_path / "b").mkdir(exist_ok=True)
+        first, stats = _apply(tiny_lm, tmp_path / "a", options)
+        second, _ = _apply(tiny_lm, tmp_path / "b", options)
+        assert sha256_files(onnx_io.model_files(first)) == sha256_files(onnx_io.model_files(second))
     first, stats = _apply(tiny_lm, tmp_path / "a", {"format": "int4-g32-sym"})
-    second, _ = _apply(tiny_lm, tmp_path / "b", {"format": "int4-g32-sym"})
-    assert sha256_files(onnx_io.model_files(first)) == sha256_files(onnx_io.model_files(second))
     weights = VOCAB * HIDDEN + 2 * HIDDEN * INNER
     assert stats["bytes_after"] == weights // 2 + 2 * weights // 32  # packed nibbles + fp16 block scales
     assert file_bytes(first) < file_bytes(tiny_lm) / 5
