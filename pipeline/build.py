@@ -113,6 +113,23 @@ def _reusable(out_dir: Path, inputs_hash: str) -> dict[str, Any] | None:
     return manifest
 
 
+def _stored_report(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / REPORT_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def report_as_reused(out_dir: Path, manifest: dict[str, Any], report: dict[str, Any], start: float) -> BuildResult:
+    """Same inputs, same gates: the earlier verdict stands (`edgefold check` measures again)."""
+    report.update(reused=True, seconds_total=round(time.perf_counter() - start, 2))
+    write_json(out_dir / REPORT_FILE, report)
+    for gate in report["gates"]:
+        progress.info(("PASS " if gate["passed"] else "FAIL ") + gate["detail"])
+    return BuildResult(manifest, report, out_dir, True)
+
+
 def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | None = None,
               reuse: bool = True) -> BuildResult:
     """Execute a recipe. Raises EdgefoldError on bad input; gate failures are in the result."""
@@ -131,6 +148,8 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     inputs_hash = build_inputs_hash(handle, recipe, profile)
     if reuse and (manifest := _reusable(out_dir, inputs_hash)) is not None:
         progress.info(f"reused {out_dir}: model, recipe, profile and tools unchanged (inputs {inputs_hash[:12]})")
+        if (report := _stored_report(out_dir)) is not None:
+            return report_as_reused(out_dir, manifest, report, start)
         return _finish(out_dir, manifest, recipe, handle, records=[], layers=None, start=start, reused=True)
 
     baseline = baseline_metrics(handle, recipe.eval)
