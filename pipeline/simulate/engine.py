@@ -3,10 +3,11 @@
 For each MLP (one layer, one window of tokens) the masker picks the channels every
 token keeps, for the input x and then for the intermediate h, feeds the cache with
 those requests in token order, and returns the masked values to the graph, so later
-layers see the activations the sparse model really produces. Plain DIP and dense masks do not depend on the cache: they are computed for
-the whole window at once and any number of caches (policies) observe them. DIP-CA's
-mask needs the cache state after the previous token, so it walks the tokens one by one
-(each step is vectorised over channels).
+layers see the activations the sparse model really produces. Plain DIP and dense
+masks do not depend on the cache: they are computed for the whole window at once, and
+any number of caches (policies) replay them window by window. DIP-CA's mask needs the
+cache state after the previous token, so it walks the tokens one by one (each step
+vectorised over channels).
 """
 
 from __future__ import annotations
