@@ -1,0 +1,90 @@
+"""What folding needs to know about an FFN, read from its weights.
+
+- Channel features for clustering: each channel's producer rows (gate and up
+  together), jointly scaled to unit length, plus the log of each producer row's norm.
+  Direction decides what a channel computes; the log norms keep channels of very
+  different strength apart (averaging a strong channel with a weak one halves it).
+- Outlier channels: a producer-norm product far above the layer's median marks the
+  few channels that write massive activations; they are never merged.
+- Layer sensitivity: spectral concentration of the producers scaled by the norm
+  weight in front of them. Layers that read one dominant input direction (in
+  SmolLM2: layer 0 and the last layers, which handle the massive-activation
+  dimensions) score high.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgefold.passes.common.fold_allocation import spectral_concentration
+from edgefold.passes.common.initializers import array, node_by_name
+
+
+def producer_rows(model: ir.Model, group) -> list[np.ndarray]:
+    """Per producer: [intermediate, in (+1 with bias)] float64 rows, one per channel."""
+    rows = []
+    for linear in group.producers:
+        weight = np.moveaxis(array(model, linear.weight).astype(np.float64), linear.out_axis, 0)
+        if linear.bias:
+            weight = np.concatenate([weight, array(model, linear.bias).astype(np.float64)[:, None]], axis=1)
+        rows.append(weight)
+    return rows
+
+
+def consumer_columns(model: ir.Model, group) -> np.ndarray:
+    """[intermediate, out]: the consumer's weights per intermediate channel."""
+    down = group.consumer
+    return np.moveaxis(array(model, down.weight).astype(np.float64), down.in_axis, 0)
+
+
+def channel_features(rows: list[np.ndarray]) -> np.ndarray:
+    joint = np.concatenate(rows, axis=1)
+    norm = np.linalg.norm(joint, axis=1, keepdims=True)
+    unit = joint / np.where(norm > 0, norm, 1.0)
+    logs = [np.log(np.maximum(np.linalg.norm(r, axis=1), 1e-12))[:, None] for r in rows]
+    return np.concatenate([unit, *logs], axis=1)
+
+
+def outlier_channels(rows: list[np.ndarray], threshold: float) -> np.ndarray:
+    """Channels whose producer-norm product exceeds `threshold` x the median (0: none)."""
+    strength = np.prod([np.linalg.norm(r, axis=1) for r in rows], axis=0)
+    if threshold <= 0:
+        return np.zeros(len(strength), dtype=bool)
+    return strength > threshold * np.median(strength)
+
+
+def magnitude_scores(rows: list[np.ndarray], columns: np.ndarray) -> np.ndarray:
+    """Channel norm for the pruning baseline: ||producer rows|| * ||consumer column||."""
+    return np.linalg.norm(np.concatenate(rows, axis=1), axis=1) * np.linalg.norm(columns, axis=1)
+
+
+def input_scale(model: ir.Model, linear) -> np.ndarray | None:
+    """The per-feature scale of the norm right before a linear (RMSNorm/LayerNorm weight),
+    as a Mul by a 1-D initializer or the scale input of LayerNormalization/RMSNormalization."""
+    node = node_by_name(model).get(linear.node)
+    if node is None or node.inputs[0] is None:
+        return None
+    source = node.inputs[0].producer()
+    if source is None:
+        return None
+    candidates = []
+    if source.op_type == "Mul":
+        candidates = [v for v in source.inputs if v is not None and v.is_initializer()]
+    elif source.op_type in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
+        candidates = [source.inputs[1]] if len(source.inputs) > 1 and source.inputs[1] is not None else []
+    for value in candidates:
+        if value.const_value is not None:
+            data = value.const_value.numpy().astype(np.float64).reshape(-1)
+            if data.size == linear.in_features:
+                return data
+    return None
+
+
+def sensitivity_score(model: ir.Model, group, rows: list[np.ndarray] | None = None) -> float:
+    rows = rows if rows is not None else producer_rows(model, group)
+    scale = input_scale(model, group.producers[0])
+    stacked = np.concatenate([r[:, : group.hidden] for r in rows], axis=0)
+    if scale is not None:
+        stacked = stacked * scale[None, :]
+    return spectral_concentration(stacked)

@@ -1,0 +1,355 @@
+"""`fold`: data-free structural folding (Model Folding, arXiv 2502.10216).
+
+Per layer, channels that learned similar weights are clustered (k-means) and merged:
+producer rows become cluster means, consumer columns cluster sums. FFN channels,
+whole attention heads and conv/BN channels (tied sets jointly) shrink for real. The
+pruning baselines (`method=magnitude|random`) run through the same code path with
+selection maps instead of cluster maps, so comparisons differ only in the method.
+
+No data is read: the per-layer budget, the clustering and the repair (Fold-AR, or an
+analytic BatchNorm statistics re-estimate) all come from the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+import pydantic
+
+from edgefold import progress
+from edgefold.errors import EdgefoldError
+from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
+from edgefold.passes.common import bn_repair, conv_channels, ffn_fold, head_channels
+from edgefold.passes.common.ffn_channels import remap_ffn, selection_maps
+from edgefold.passes.common.fold_allocation import LayerBudget, allocate, merge_costs_from_tree, sensitivities
+from edgefold.passes.common.fold_math import fold_ar_scale, fold_maps, kept_channels, magnitude_keep, random_keep
+from edgefold.passes.common.kmeans import canonical_labels, kmeans_labels, ward_labels, ward_tree
+from edgefold.passes.registry import register_pass
+
+Structure = Literal["ffn", "attention", "conv"]
+
+
+class FoldConfig(PassConfig):
+    ratio: float = pydantic.Field(0.2, ge=0.0, lt=1.0, description="fraction of each folded structure's parameters removed")
+    ratios: dict[str, float] = pydantic.Field(default_factory=dict,
+                                              description="per-layer ratios by group name (ffn.3, conv.12, attn.0) or layer label")
+    allocation: Literal["auto", "uniform"] = "auto"
+    structures: list[Structure] = pydantic.Field(default_factory=lambda: ["ffn", "conv"])
+    method: Literal["fold", "magnitude", "random"] = "fold"
+    repair: Literal["auto", "none", "fold-ar", "bn-stats"] = "auto"
+    seed: int | None = None
+    channel_multiple: int | None = pydantic.Field(None, ge=1)
+    max_layer_ratio: float = pydantic.Field(0.75, gt=0.0, le=1.0)
+    sensitivity_power: float = pydantic.Field(6.0, ge=0.0)
+    outlier_threshold: float = pydantic.Field(3.0, ge=0.0, description="never merge channels this many x the median norm (0: off)")
+    attention_unit: Literal["kv-group", "query-head"] = "kv-group"
+
+    @pydantic.field_validator("ratios")
+    @classmethod
+    def _ratios_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, ratio in value.items():
+            if not 0.0 <= ratio < 1.0:
+                raise ValueError(f"ratio for {key!r} must be in [0, 1), got {ratio}")
+        return value
+
+    @pydantic.field_validator("structures")
+    @classmethod
+    def _structures_unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one structure (ffn, attention, conv)")
+        return sorted(set(value), key=value.index)
+
+
+@dataclass
+class _Plan:
+    """One foldable group: what to cluster, how big it is, and what it keeps."""
+
+    structure: str
+    name: str
+    label: str
+    width: int
+    params_per_channel: int
+    features: np.ndarray
+    protected: np.ndarray  # bool per channel: never merged
+    scores: np.ndarray  # magnitude per channel (pruning baseline)
+    sensitivity_score: float = 1.0
+    tree: np.ndarray | None = None
+    keep: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def free(self) -> np.ndarray:
+        return np.flatnonzero(~self.protected)
+
+
+@register_pass
+class FoldPass(GraphPass):
+    name = "fold"
+    Config = FoldConfig
+    summary = "data-free structural folding (k-means merge) of FFN channels, attention heads and conv/BN channels"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassOutcome:
+        cfg = self.config
+        analysis = context.analysis
+        if analysis is None:
+            from edgefold.analysis import analyse
+
+            analysis = analyse(model)
+        seed = cfg.seed if cfg.seed is not None else context.seed
+        multiple = cfg.channel_multiple or getattr(context.profile, "channel_multiple", None) or 1
+        plans = self._plans(model, analysis, multiple)
+        unknown = set(cfg.ratios) - {p.name for p in plans} - {p.label for p in plans}
+        if unknown:
+            raise EdgefoldError(f"fold: ratios name no foldable group: {', '.join(sorted(unknown))}")
+        with progress.step(f"fold: allocating {len(plans)} groups ({cfg.allocation})"):
+            self._allocate(plans, multiple)
+        rng = np.random.default_rng(seed)
+        stats: dict[str, Any] = {"method": cfg.method, "allocation": cfg.allocation, "seed": seed,
+                                 "channel_multiple": multiple, "groups": {}}
+        for plan in progress.track(plans, "fold: merging"):
+            stats["groups"][plan.name] = [plan.width, plan.keep]
+            if plan.keep >= plan.width:
+                continue
+            keep_or_labels = self._assign(plan, rng, seed)
+            self._apply(model, analysis, plan, keep_or_labels)
+        return PassOutcome(model, stats)
+
+    # --- planning ----------------------------------------------------------------------
+    def _plans(self, model: ir.Model, analysis, multiple: int) -> list[_Plan]:
+        cfg = self.config
+        plans: list[_Plan] = []
+        if "ffn" in cfg.structures:
+            plans += [self._ffn_plan(model, group) for group in analysis.ffns]
+        if "attention" in cfg.structures:
+            plans += [p for p in (self._attention_plan(model, g) for g in analysis.attentions) if p is not None]
+        if "conv" in cfg.structures:
+            for cset in conv_channels.channel_sets(analysis):
+                if cset.reason is None and cset.width > 1:
+                    plans.append(self._conv_plan(model, cset))
+        if not plans:
+            raise EdgefoldError(f"fold: the model has no foldable {'/'.join(cfg.structures)} groups")
+        return plans
+
+    def _ffn_plan(self, model: ir.Model, group) -> _Plan:
+        rows = ffn_fold.producer_rows(model, group)
+        columns = ffn_fold.consumer_columns(model, group)
+        per_channel = sum(r.shape[1] for r in rows) + columns.shape[1]
+        return _Plan("ffn", group.name, group.layer_label, group.intermediate, per_channel,
+                     features=ffn_fold.channel_features(rows),
+                     protected=ffn_fold.outlier_channels(rows, self.config.outlier_threshold),
+                     scores=ffn_fold.magnitude_scores(rows, columns),
+                     sensitivity_score=ffn_fold.sensitivity_score(model, group, rows),
+                     extra={"group": group, "rows": rows})
+
+    def _attention_plan(self, model: ir.Model, group) -> _Plan | None:
+        unit = "q" if self.config.attention_unit == "query-head" and group.num_heads > group.num_kv_heads else "kv"
+        width = group.num_heads if unit == "q" else group.num_kv_heads
+        if width < 2 and unit == "kv":
+            return None
+        if group.kv_repeat == "tile" and group.num_kv_heads < group.num_heads:
+            return None  # tiled kv heads interleave differently; left as is
+        d, dv = group.head_dim, group.v_head_dim or group.head_dim
+        heads_per_unit = 1 if unit == "q" else group.num_heads // group.num_kv_heads
+        per_unit = heads_per_unit * (d * group.q.in_features + dv * group.o.out_features)
+        if unit == "kv":
+            per_unit += (d + dv) * group.k.in_features
+        raw = head_channels.head_features_raw(model, group, unit)
+        return _Plan("attention", group.name, group.layer_label, width, per_unit,
+                     features=head_channels.head_features(model, group, unit),
+                     protected=np.zeros(width, dtype=bool), scores=np.linalg.norm(raw, axis=1),
+                     extra={"group": group, "unit": unit})
+
+    def _conv_plan(self, model: ir.Model, cset) -> _Plan:
+        features = conv_channels.set_features(model, cset)
+        return _Plan("conv", cset.name, cset.label, cset.width, _conv_params_per_channel(model, cset),
+                     features=features, protected=np.zeros(cset.width, dtype=bool),
+                     scores=conv_channels.producer_norms(model, cset),
+                     extra={"set": cset, "tensor_params": _conv_tensor_params(model, cset)})
+
+    # --- allocation --------------------------------------------------------------------
+    def _allocate(self, plans: list[_Plan], multiple: int) -> None:
+        cfg = self.config
+        explicit = {}
+        for plan in plans:
+            ratio = cfg.ratios.get(plan.name, cfg.ratios.get(plan.label))
+            if ratio is not None:
+                explicit[plan.name] = ratio
+        for structure in cfg.structures:
+            group_plans = [p for p in plans if p.structure == structure]
+            step = 1 if structure == "attention" else multiple
+            free = [p for p in group_plans if p.name not in explicit]
+            for plan in group_plans:
+                if plan.name in explicit:
+                    plan.keep = self._kept(plan, explicit[plan.name], step)
+            if cfg.allocation == "uniform" or structure == "attention" or cfg.ratio == 0:
+                for plan in free:
+                    plan.keep = self._kept(plan, cfg.ratio, step)
+                continue
+            for plan in free:
+                plan.tree = ward_tree(plan.features[plan.free]) if len(plan.free) > 1 else None
+            scores = {p.name: p.sensitivity_score for p in free}
+            weights = sensitivities(scores, cfg.sensitivity_power) if structure == "ffn" else {p.name: 1.0 for p in free}
+            budgets = [LayerBudget(p.name, p.width, p.params_per_channel,
+                                   merge_costs_from_tree(p.tree) if p.tree is not None else np.zeros(0),
+                                   weights[p.name], min_keep=int(p.protected.sum()) + 1) for p in free]
+            total = _structure_params(free) if structure == "conv" else None
+            kept = allocate(budgets, cfg.ratio, max_ratio=cfg.max_layer_ratio, multiple=step, total_params=total)
+            for plan in free:
+                plan.keep = kept[plan.name]
+
+    def _kept(self, plan: _Plan, ratio: float, step: int) -> int:
+        k = kept_channels(plan.width, ratio, step)
+        return max(k, int(plan.protected.sum()) + (1 if plan.protected.sum() < plan.width else 0), 1)
+
+    # --- assignment --------------------------------------------------------------------
+    def _assign(self, plan: _Plan, rng: np.random.Generator, seed: int):
+        """Cluster labels (fold) or kept channel indices (baselines)."""
+        method = self.config.method
+        if plan.structure == "attention" and plan.extra["unit"] == "q":
+            return self._assign_within_groups(plan, rng, seed)
+        if method == "magnitude":
+            return ("keep", magnitude_keep(plan.scores, plan.keep))
+        if method == "random":
+            return ("keep", random_keep(plan.width, plan.keep, rng))
+        return ("labels", self._cluster(plan, seed))
+
+    def _cluster(self, plan: _Plan, seed: int) -> np.ndarray:
+        free, protected = plan.free, np.flatnonzero(plan.protected)
+        k_free = plan.keep - len(protected)
+        x = plan.features[free]
+        init = ward_labels(plan.tree, k_free) if plan.tree is not None and k_free > 1 else None
+        sub = kmeans_labels(x, k_free, seed=seed, init_labels=init) if k_free > 1 else np.zeros(len(free), dtype=np.int64)
+        labels = np.empty(plan.width, dtype=np.int64)
+        labels[free] = sub
+        labels[protected] = k_free + np.arange(len(protected))
+        return canonical_labels(labels)
+
+    def _assign_within_groups(self, plan: _Plan, rng, seed: int):
+        """Query heads folded inside each kv group, the same number kept per group."""
+        group = plan.extra["group"]
+        per_group = group.num_heads // group.num_kv_heads
+        keep_each = max(1, round(plan.keep / group.num_kv_heads))
+        plan.keep = keep_each * group.num_kv_heads
+        labels = np.empty(plan.width, dtype=np.int64)
+        kept: list[int] = []
+        for j, heads in enumerate(group.kv_groups):
+            heads = np.asarray(heads)
+            if self.config.method == "magnitude":
+                kept += list(heads[magnitude_keep(plan.scores[heads], keep_each)])
+            elif self.config.method == "random":
+                kept += list(heads[random_keep(per_group, keep_each, rng)])
+            else:
+                sub = kmeans_labels(plan.features[heads], keep_each, seed=seed)
+                labels[heads] = j * keep_each + sub
+        if self.config.method != "fold":
+            return ("keep", np.asarray(kept))
+        return ("labels", labels)
+
+    # --- surgery -----------------------------------------------------------------------
+    def _apply(self, model: ir.Model, analysis, plan: _Plan, assignment) -> None:
+        kind, value = assignment
+        if kind == "keep":
+            producer, consumer = _selection(value, plan)
+            labels = None
+        else:
+            labels = value
+            producer, consumer = fold_maps(labels)
+        repair = self._repair_for(plan)
+        if plan.structure == "ffn":
+            scale = None
+            if labels is not None and repair == "fold-ar":
+                scale = fold_ar_scale(labels, np.concatenate(plan.extra["rows"], axis=1))
+            remap_ffn(model, plan.extra["group"], producer, consumer, producer_scale=scale)
+        elif plan.structure == "attention":
+            self._apply_heads(model, plan, producer, consumer)
+        else:
+            self._apply_conv(model, plan, labels, producer, consumer, repair)
+
+    def _repair_for(self, plan: _Plan) -> str:
+        repair = self.config.repair
+        if self.config.method != "fold":
+            return "none"
+        if repair == "auto":
+            if plan.structure == "conv" and any(m.batchnorm for m in plan.extra["set"].members):
+                return "bn-stats"
+            return "none"
+        if repair == "bn-stats" and plan.structure != "conv":
+            return "none"  # statistics repair needs BatchNorm; FFNs and heads have none
+        return repair
+
+    def _apply_heads(self, model: ir.Model, plan: _Plan, producer: np.ndarray, consumer: np.ndarray) -> None:
+        group = plan.extra["group"]
+        if plan.extra["unit"] == "q":
+            kv_map = np.eye(group.num_kv_heads)
+            head_channels.remap_heads(model, group, producer, consumer, kv_map)
+            return
+        # Whole kv groups: query head r of group j maps with its group.
+        per_group = group.num_heads // group.num_kv_heads
+        order = [h for heads in group.kv_groups for h in heads]  # query heads in kv-group order
+        q_map = np.zeros((producer.shape[0] * per_group, group.num_heads))
+        q_consumer = np.zeros((group.num_heads, producer.shape[0] * per_group))
+        for new_j in range(producer.shape[0]):
+            for old_j in range(group.num_kv_heads):
+                for r in range(per_group):
+                    old_h = order[old_j * per_group + r]
+                    q_map[new_j * per_group + r, old_h] = producer[new_j, old_j]
+                    q_consumer[old_h, new_j * per_group + r] = consumer[old_j, new_j]
+        head_channels.remap_heads(model, group, q_map, q_consumer, producer)
+
+    def _apply_conv(self, model: ir.Model, plan: _Plan, labels, producer, consumer, repair: str) -> None:
+        cset = plan.extra["set"]
+        scale = maps = shifts = None
+        if labels is not None and repair == "fold-ar":
+            scale = fold_ar_scale(labels, plan.features)
+        if labels is not None and repair == "bn-stats":
+            folded = bn_repair.statistics_fold(model, cset, labels, plan.features)
+            producer, maps, shifts = folded.producer_map, folded.consumer_maps, folded.reader_shifts
+        conv_channels.remap_channel_set(model, cset, producer, consumer, channel_scale=scale,
+                                        reader_maps=maps, reader_shifts=shifts)
+
+
+def _selection(keep: np.ndarray, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
+    return selection_maps(np.sort(keep), plan.width)
+
+
+def _structure_params(plans: list[_Plan]) -> int:
+    """Parameters the plans' tensors hold, each tensor counted once (a conv reading one
+    set is a member of the next, so per-channel sums would count it twice)."""
+    sizes: dict[str, int] = {}
+    for plan in plans:
+        sizes.update(plan.extra.get("tensor_params", {}))
+    return sum(sizes.values())
+
+
+def _conv_tensor_params(model: ir.Model, cset) -> dict[str, int]:
+    from edgefold.passes.common.initializers import node_by_name
+
+    nodes = node_by_name(model)
+    names = [m.weight for m in cset.members] + [m.bias for m in cset.members if m.bias]
+    for member in cset.members:
+        if member.batchnorm:
+            names += [v.name for v in nodes[member.batchnorm].inputs[1:5]]
+    names += [conv_channels.reader_weight(nodes[c])[0].name for c in cset.consumers]
+    return {n: int(np.prod([int(d) for d in model.graph.initializers[n].shape])) for n in names}
+
+
+def _conv_params_per_channel(model: ir.Model, cset) -> int:
+    """Parameters one channel of the set costs: member filters, biases and BN params,
+    plus one input slice of every reader."""
+    from edgefold.passes.common.initializers import node_by_name
+
+    nodes = node_by_name(model)
+    total = 0
+    for member in cset.members:
+        shape = model.graph.initializers[member.weight].shape
+        total += int(np.prod([int(d) for d in shape[1:]]))
+        total += 1 if member.bias else 0
+        total += 4 if member.batchnorm else 0
+    for name in cset.consumers:
+        weight, axis = conv_channels.reader_weight(nodes[name])
+        shape = [int(d) for d in weight.shape]
+        total += int(np.prod(shape)) // shape[axis]
+    return total

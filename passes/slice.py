@@ -1,0 +1,373 @@
+"""`slice`: calibration-free FFN channel slicing (PruneNet, arXiv 2501.15296).
+
+Removes intermediate channels of every FFN: rows of the producers (W_up and W_gate,
+same indices), the matching inputs of W_down, and biases, so the intermediate width
+really shrinks. Nothing is run on data: channels are ranked from the weights.
+
+Ranking (`method`):
+- `policy` (default): the learned PruneNet policy (passes/common/prune_policy.py),
+  trained once per hidden size with REINFORCE on the KS distance between singular
+  value spectra and then reused, plus a structural prior (`prior`, below).
+- `magnitude`: the L2 norm of each W_up row (baseline).
+- `random`: a seeded random order (baseline).
+
+Why a prior: on SmolLM2 the KS reward alone ranks channels much like their norm, and
+the norm is anti-correlated with importance in the layers that matter (layer 0 and
+the last two, where a few low-norm channels feed the massive residual activations).
+What does find those channels from the weights alone is coordinate concentration: a
+channel whose rows/columns put their energy on a few residual dimensions. The policy
+score is `learned logit + prior x concentration` (both standardised per layer).
+
+Per-layer ratios (`allocation`): `uniform`, explicit `ratios=[...]`, or `spectrum`:
+each layer is probed by slicing `probe` of its channels with the method's own
+ranking and measuring the KS distance of the spectrum of its FFN1 matrix (the norm
+scale folded in); layers whose spectrum moves more get a smaller share of the global
+budget (share ~ KS^-sharpness). Kept widths are rounded to `multiple` channels
+(the device profile's channel_multiple when there is one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+import pydantic
+
+from edgefold import progress
+from edgefold.atomic import cache_root
+from edgefold.errors import EdgefoldError
+from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
+from edgefold.passes.common.ffn_channels import remap_ffn, selection_maps
+from edgefold.passes.common.initializers import array, node_by_name
+from edgefold.passes.registry import register_pass
+from edgefold.passes.common.prune_policy import (
+    POLICY_FORMAT,
+    LayerMatrix,
+    file_digest,
+    load_policy,
+    save_policy,
+    sliced_ks,
+    top_rows,
+    train_policy,
+)
+
+PROBE_RATIO = 0.4
+_NORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"}
+
+
+class SliceConfig(PassConfig):
+    ratio: float = pydantic.Field(0.2, ge=0.0, lt=1.0, description="fraction of all FFN channels removed")
+    method: Literal["policy", "magnitude", "random"] = "policy"
+    allocation: Literal["uniform", "spectrum"] = "spectrum"
+    ratios: list[float] | None = pydantic.Field(None, description="explicit per-FFN ratios (overrides ratio/allocation)")
+    policy: str | None = pydantic.Field(None, description="policy file to use (trained and written there if missing)")
+    train_seconds: float = pydantic.Field(300.0, gt=0, description="wall-time cap for training a new policy")
+    episodes: int = pydantic.Field(60, ge=1, description="REINFORCE episodes for a new policy")
+    prior: float = pydantic.Field(3.0, ge=0.0, description="weight of the concentration prior in the policy score")
+    multiple: int | None = pydantic.Field(None, ge=1, description="kept widths are multiples of this (default: profile, else 8)")
+    probe: float = pydantic.Field(PROBE_RATIO, gt=0.0, lt=1.0, description="slice ratio used to probe layer sensitivity")
+    sharpness: float = pydantic.Field(8.0, ge=0.0, description="layer share ~ KS^-sharpness under `spectrum` allocation")
+    max_ratio: float = pydantic.Field(0.6, gt=0.0, lt=1.0, description="cap on one layer's ratio under `spectrum`")
+    seed: int | None = pydantic.Field(None, description="overrides the build seed")
+
+    @pydantic.field_validator("ratios")
+    @classmethod
+    def _ratios_in_range(cls, ratios):
+        if ratios is not None and any(not 0.0 <= r < 1.0 for r in ratios):
+            raise ValueError("every ratio must be in [0, 1)")
+        return ratios
+
+
+@dataclass
+class FfnView:
+    """The matrices of one FFN, channels first: what ranking and probing read."""
+
+    index: int
+    group: object  # analysis FfnGroup
+    ffn1: np.ndarray  # first producer rows [channels, hidden] with the input norm scale folded in
+    up: np.ndarray  # W_up rows [channels, hidden] (= ffn1's raw rows for a plain FFN)
+    down: np.ndarray  # W_down columns [channels, hidden]
+    producers: list[np.ndarray]  # every producer's rows, scale folded in
+
+    @property
+    def channels(self) -> int:
+        return self.ffn1.shape[0]
+
+    @property
+    def hidden(self) -> int:
+        return self.ffn1.shape[1]
+
+
+def _rows(weight: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0).reshape(weight.shape[axis], -1)
+
+
+def input_scale(model: ir.Model, group, nodes: dict[str, ir.Node]) -> np.ndarray | None:
+    """The per-feature scale (norm weight) applied to the FFN input, when the graph has one.
+
+    Folding it into FFN1 gives the matrix the FFN really applies to the normalised
+    input; without it a feature the norm suppresses (gain ~0) would look important.
+    """
+    linear = group.producers[0]
+    node = nodes[linear.node]
+    data = [v for v in node.inputs if v is not None and v.name not in (linear.weight, linear.transpose)]
+    data = [v for v in data if v.const_value is None]
+    producer = data[0].producer() if data else None
+    if producer is None:
+        return None
+    candidates = []
+    if producer.op_type == "Mul":
+        candidates = [v for v in producer.inputs if v is not None and v.const_value is not None]
+    elif producer.op_type in _NORM_OPS and len(producer.inputs) > 1 and producer.inputs[1] is not None:
+        candidates = [producer.inputs[1]] if producer.inputs[1].const_value is not None else []
+    for value in candidates:
+        scale = np.asarray(value.const_value.numpy(), dtype=np.float32).reshape(-1)
+        if scale.size == linear.in_features:
+            return scale
+    return None
+
+
+def ffn_views(model: ir.Model, groups) -> list[FfnView]:
+    nodes = node_by_name(model)
+    views = []
+    for index, group in enumerate(groups):
+        scale = input_scale(model, group, nodes)
+        producers = []
+        for linear in group.producers:
+            rows = _rows(array(model, linear.weight), linear.out_axis)
+            producers.append(rows * scale[None, :] if scale is not None else rows)
+        up = _rows(array(model, group.up.weight), group.up.out_axis)
+        down = _rows(array(model, group.down.weight), group.down.in_axis)
+        views.append(FfnView(index, group, producers[0], up, down, producers))
+    return views
+
+
+# --- ranking -------------------------------------------------------------------------------
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+
+def concentration(rows: np.ndarray) -> np.ndarray:
+    """log(||r||_4 / ||r||_2) per row: high when a row's energy sits on few coordinates."""
+    rows = np.asarray(rows, dtype=np.float64)
+    l2 = np.sqrt((rows**2).sum(axis=1)).clip(1e-30)
+    l4 = ((rows**4).sum(axis=1) ** 0.25).clip(1e-30)
+    return np.log(l4 / l2)
+
+
+def concentration_prior(view: FfnView) -> np.ndarray:
+    """Sum of the concentrations of every producer row and the W_down column."""
+    return sum(concentration(rows) for rows in view.producers) + concentration(view.down)
+
+
+def magnitude_scores(view: FfnView) -> np.ndarray:
+    return np.linalg.norm(view.up.astype(np.float64), axis=1)
+
+
+def random_scores(view: FfnView, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, view.index]).random(view.channels)
+
+
+# --- allocation ----------------------------------------------------------------------------
+
+def water_fill(weights: np.ndarray, widths: np.ndarray, budget: float, cap: float) -> np.ndarray:
+    """Ratios r_l ~ weights_l with sum(r_l * widths_l) = budget and r_l <= cap."""
+    weights = np.asarray(weights, dtype=np.float64)
+    widths = np.asarray(widths, dtype=np.float64)
+    ratios = np.zeros_like(weights)
+    free = weights > 0
+    if budget > cap * widths[free].sum() + 1e-9:
+        raise EdgefoldError(f"slice: cannot remove {budget:.0f} channels with at most {cap:.0%} per layer; "
+                            f"raise max_ratio or lower ratio")
+    for _ in range(len(weights) + 1):
+        remaining = budget - (ratios[~free] * widths[~free]).sum()
+        if not free.any():
+            break
+        ratios[free] = weights[free] * remaining / (weights[free] * widths[free]).sum()
+        over = free & (ratios > cap)
+        if not over.any():
+            break
+        ratios[over] = cap
+        free &= ~over
+    return ratios
+
+
+def round_kept(width: int, ratio: float, multiple: int) -> int:
+    """Channels to keep: (1 - ratio) * width rounded to a multiple (at least one multiple)."""
+    if ratio <= 0:
+        return width
+    kept = int(round(width * (1.0 - ratio) / multiple)) * multiple
+    return int(min(width, max(multiple, kept)))
+
+
+def _ffn1_ks(view: FfnView, keep: np.ndarray) -> float:
+    return sliced_ks(LayerMatrix(f"ffn.{view.index}", view.ffn1), keep, rescale=False)
+
+
+# --- the pass ------------------------------------------------------------------------------
+
+def policy_cache_path(hidden: int, config: SliceConfig, seed: int) -> Path:
+    """Where the policy for a hidden size and training recipe lives (shared by models)."""
+    recipe = {"format": POLICY_FORMAT, "hidden": hidden, "episodes": config.episodes, "seed": seed}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root() / "policies" / f"slice-h{hidden}-{key}.pt"
+
+
+@register_pass
+class SlicePass(GraphPass):
+    name = "slice"
+    Config = SliceConfig
+    summary = "remove FFN channels ranked by a learned spectrum-preserving policy (PruneNet), no calibration data"
+
+    def __init__(self, config: SliceConfig | None = None):
+        super().__init__(config)
+        # Timings and the policy's origin for benchmarks; not in stats (the manifest is deterministic).
+        self.timings: dict[str, float] = {}
+        self.policy_trained = False
+
+    def run(self, model: ir.Model, context: PassContext) -> PassOutcome:
+        from threadpoolctl import threadpool_limits
+
+        # Single-threaded BLAS: spectra (and so KS values, allocations, widths) bit for bit the same.
+        with threadpool_limits(1):
+            return self._run(model, context)
+
+    def _run(self, model: ir.Model, context: PassContext) -> PassOutcome:
+        config: SliceConfig = self.config  # type: ignore[assignment]
+        seed = context.seed if config.seed is None else config.seed
+        groups = self._groups(model, context)
+        if config.ratios is not None and len(config.ratios) != len(groups):
+            raise EdgefoldError(f"slice: ratios has {len(config.ratios)} values but the model has {len(groups)} FFNs")
+        multiple = config.multiple or getattr(context.profile, "channel_multiple", None) or 8
+        start = time.perf_counter()
+        views = ffn_views(model, groups)
+        scores, policy_stats = self._scores(views, config, seed)
+        kept = self._kept_widths(views, scores, config, multiple)
+        self.timings["rank_and_allocate_s"] = round(time.perf_counter() - start, 3)
+
+        start = time.perf_counter()
+        distances, layers = [], []
+        for view, score, keep_count in zip(views, scores, kept):
+            width = view.channels
+            if keep_count < width:
+                keep = top_rows(score, keep_count)
+                distances.append(_ffn1_ks(view, keep))
+                producer, consumer = selection_maps(keep, width)
+                remap_ffn(model, view.group, producer, consumer)
+            else:
+                distances.append(0.0)
+            layers.append({"ffn": view.group.name, "width": width, "kept": int(keep_count),
+                           "ks": round(distances[-1], 6)})
+        self.timings["slice_s"] = round(time.perf_counter() - start, 3)
+        before = sum(v.channels for v in views)
+        after = sum(int(k) for k in kept)
+        ffn_params_before = sum(v.channels * v.hidden * (len(v.producers) + 1) for v in views)
+        ffn_params_after = sum(k * v.hidden * (len(v.producers) + 1) for v, k in zip(views, kept))
+        stats = {
+            "method": config.method,
+            "allocation": "explicit" if config.ratios is not None else config.allocation,
+            "target_ratio": config.ratio if config.ratios is None else None,
+            "channels_before": before,
+            "channels_after": after,
+            "channel_ratio": round(1 - after / before, 6),
+            "ffn_param_ratio": round(1 - ffn_params_after / ffn_params_before, 6),
+            "multiple": multiple,
+            "mean_ks": round(float(np.mean(distances)), 6),
+            "layers": layers,
+            **policy_stats,
+        }
+        return PassOutcome(model, stats)
+
+    # -- steps --------------------------------------------------------------------------
+
+    @staticmethod
+    def _groups(model: ir.Model, context: PassContext):
+        analysis = context.analysis
+        if analysis is None:
+            from edgefold.analysis import analyse
+
+            analysis = analyse(model)
+        groups = list(getattr(analysis, "ffns", []) or [])
+        if not groups:
+            raise EdgefoldError("slice: the model has no FFN blocks to slice (see `edgefold inspect`)")
+        return groups
+
+    def _scores(self, views: list[FfnView], config: SliceConfig, seed: int) -> tuple[list[np.ndarray], dict]:
+        if config.method == "magnitude":
+            return [magnitude_scores(v) for v in views], {}
+        if config.method == "random":
+            return [random_scores(v, seed) for v in views], {}
+        start = time.perf_counter()
+        hidden_sizes = sorted({v.hidden for v in views})
+        if config.policy is not None and len(hidden_sizes) > 1:
+            raise EdgefoldError(f"slice: one policy file cannot serve FFNs of hidden sizes {hidden_sizes}")
+        policies, stats = {}, {"policy_files": []}
+        for hidden in hidden_sizes:
+            path = Path(config.policy) if config.policy is not None else policy_cache_path(hidden, config, seed)
+            policy, meta = self._policy(path, [v for v in views if v.hidden == hidden], config, seed)
+            policies[hidden] = policy
+            stats["policy_files"].append({"hidden": hidden, "sha256": file_digest(path),
+                                          "episodes": meta.get("episodes"), "trained_on": meta.get("trained_on")})
+        self.timings["policy_s"] = round(time.perf_counter() - start, 3)
+        scores = []
+        for view in views:
+            learned = policies[view.hidden].scores(view.ffn1)
+            logit = np.log(learned.clip(1e-12)) - np.log1p(-learned.clip(max=1 - 1e-12))
+            scores.append(_standardise(logit) + config.prior * _standardise(concentration_prior(view)))
+        stats["prior"] = config.prior
+        return scores, stats
+
+    def _policy(self, path: Path, views: list[FfnView], config: SliceConfig, seed: int):
+        hidden = views[0].hidden
+        if path.exists():
+            progress.info(f"    slice: reusing policy {path} (no training)")
+            return load_policy(path, hidden=hidden)
+        progress.info(f"    slice: training a policy for hidden size {hidden} ({config.episodes} episodes, "
+                      f"at most {config.train_seconds:g}s) -> {path}")
+        layers = [LayerMatrix(v.group.name, v.ffn1) for v in views]
+        policy, log = train_policy(layers, seed=seed, episodes=config.episodes,
+                                   train_seconds=config.train_seconds, rescale=False)
+        self.policy_trained = True
+        self.timings["policy_train_s"] = log.seconds
+        meta = {"episodes": log.episodes, "stopped_by_time": log.stopped_by_time, "seed": seed,
+                "trained_on": _model_label(views),
+                "mean_ks_first": round(log.mean_ks_first, 6), "mean_ks_last": round(log.mean_ks_last, 6)}
+        save_policy(policy, path, meta=meta)
+        return policy, meta
+
+    def _kept_widths(self, views: list[FfnView], scores: list[np.ndarray], config: SliceConfig,
+                     multiple: int) -> list[int]:
+        widths = np.array([v.channels for v in views])
+        if config.ratios is not None:
+            ratios = np.asarray(config.ratios, dtype=np.float64)
+        elif config.allocation == "uniform" or config.ratio == 0:
+            ratios = np.full(len(views), config.ratio)
+        else:
+            ratios = self._spectrum_ratios(views, scores, config, widths)
+        return [round_kept(int(w), float(r), multiple) for w, r in zip(widths, ratios)]
+
+    @staticmethod
+    def _spectrum_ratios(views, scores, config: SliceConfig, widths: np.ndarray) -> np.ndarray:
+        """Share the global budget by how much each layer's FFN1 spectrum moves when probed."""
+        probe = np.array([_ffn1_ks(v, top_rows(s, max(1, round(v.channels * (1 - config.probe)))))
+                          for v, s in zip(views, scores)])
+        weights = np.power(np.clip(probe / probe.mean(), 1e-6, None), -config.sharpness)
+        budget = config.ratio * widths.sum()
+        return water_fill(weights, widths, budget, config.max_ratio)
+
+
+def _model_label(views: list[FfnView]) -> str:
+    """A short fingerprint of the FFN1 matrices a policy was trained on."""
+    digest = hashlib.sha256()
+    for view in views:
+        digest.update(np.ascontiguousarray(view.ffn1).tobytes())
+    return f"{len(views)} FFNs, weights sha256 {digest.hexdigest()[:12]}"
