@@ -186,6 +186,8 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
                 inputs_sha256=inputs_hash,
             )
             write_json(staging / MANIFEST_FILE, manifest)
+            if recipe.compile.enabled:
+                manifest = compile_into(staging, recipe, base_dir)
             result = _finish(staging, manifest, recipe, handle, records=records, layers=layers, start=start,
                              reused=False, report_dir=out_dir)
     result.output = out_dir
@@ -193,6 +195,15 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     progress.info(f"wrote {out_dir}/model.onnx and {MANIFEST_FILE} "
                   f"({manifest['model']['file_bytes'] / 1e6:.1f} MB -> {manifest['final']['file_bytes'] / 1e6:.1f} MB)")
     return result
+
+
+def compile_into(folder: Path, recipe: Recipe, base_dir: Path) -> dict[str, Any]:
+    """TVM-compile the build folder in place; returns the manifest with its `compile` section."""
+    from edgefold.recipe import resolve_relative
+    from edgefold.targets.tvm import compile_model
+
+    return compile_model(folder, resolve_relative(recipe.profile, base_dir) or recipe.profile, output=folder,
+                         trials=recipe.compile.trials, seqs=recipe.compile.seqs)
 
 
 def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,
@@ -231,16 +242,18 @@ def check_build(recipe: Recipe, *, base_dir: Path, output: Path | None = None) -
     return _finish(out_dir, manifest, recipe, handle, records=[], layers=None, start=time.perf_counter(), reused=True)
 
 
-LATENCY_TARGETS = ("onnxruntime", "estimate")
+LATENCY_TARGETS = ("onnxruntime", "estimate", "tvm")  # and rpc://TRACKER:PORT/KEY
 
 
 def check_latency_targets(recipe: Recipe) -> None:
     from edgefold.errors import EdgefoldError
 
     for target in recipe.gates.max_latency_ms:
-        if target not in LATENCY_TARGETS:
+        if target not in LATENCY_TARGETS and not target.startswith("rpc://"):
             raise EdgefoldError(f"unknown latency target {target!r} in [gates.max_latency_ms] "
-                                f"(available: {', '.join(LATENCY_TARGETS)})")
+                                f"(available: {', '.join(LATENCY_TARGETS)}, rpc://TRACKER:PORT/KEY)")
+        if (target == "tvm" or target.startswith("rpc://")) and not recipe.compile.enabled:
+            raise EdgefoldError(f"latency target {target!r} needs the TVM compile: remove [compile] enabled = false")
 
 
 def measure_latency(model_path: Path, handle: ModelHandle, recipe: Recipe) -> dict[str, Any]:
@@ -254,6 +267,12 @@ def measure_latency(model_path: Path, handle: ModelHandle, recipe: Recipe) -> di
         with progress.step(f"measure latency ({target})"):
             if target == "onnxruntime":
                 results[target] = {"kind": "measured", **measure_onnxruntime(model_path, inputs)}
+            elif target == "tvm" or target.startswith("rpc://"):  # the first shape (decode for LMs)
+                from edgefold.targets.tvm.profile import profile_artifact
+
+                shapes = profile_artifact(model_path.parent, "host" if target == "tvm" else target, repeats=10)["shapes"]
+                first = next(iter(shapes.values()))
+                results[target] = first
             else:  # estimate: the first timed shape (a decode step for LMs) on the recipe's profile
                 from edgefold.profiling import profile_model
 

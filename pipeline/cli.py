@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="latency of a built model on a target (measured or estimated)")
     p.add_argument("artifact", type=Path, help="a build folder (with manifest.json) or a model.onnx")
-    p.add_argument("--target", default="onnxruntime", help="onnxruntime (measured here) or estimate")
+    p.add_argument("--target", help="host (the compiled library in TVM's VM here), rpc://TRACKER:PORT/KEY (a device "
+                   "behind a TVM RPC tracker), onnxruntime (model.onnx here) or estimate (the profile's roofline); "
+                   "default: host for a compiled artifact, onnxruntime otherwise")
+    p.add_argument("--top", type=int, default=8, help="kernels to list per shape")
     p.add_argument("--profile", help="device profile for estimate (default: the artifact's)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
@@ -79,6 +82,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes-per-weight", type=float, help="price weights as this many bytes (2 = fp16, 0.5 = int4)")
     p.add_argument("-o", "--output", type=Path, help="write results.json, per_token.npz and plots here")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+
+    p = sub.add_parser("compile", help="compile a model with TVM for a device profile into a deployable artifact")
+    p.add_argument("model", help="model.onnx, a build folder, or a built-in name")
+    p.add_argument("--profile", default="host", help="device profile name or .toml (default: host)")
+    p.add_argument("-o", "--output", type=Path, help="artifact folder (default: dist/<model>-<profile>)")
+    p.add_argument("--seq", help="sequence lengths to compile, comma-separated (LMs default 1,128)")
+    p.add_argument("--shape", action="append", metavar="NAME=DxD...", help="a static input shape (repeatable)")
+    p.add_argument("--trials", type=int, help="tuning trials per shape (default: the profile's; 0 = no tuning)")
+    p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure tuning candidates on a device via a TVM RPC tracker")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
+
+    p = sub.add_parser("run", help="run a compiled artifact (host, or qemu-aarch64) and compare with onnxruntime")
+    p.add_argument("artifact", type=Path, help="artifact folder written by `edgefold compile`")
+    p.add_argument("--count", type=int, help="input sets per shape (default: 8 for decode, 1 otherwise)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs for the host latency")
+    p.add_argument("--json", action="store_true")
 
     sub.add_parser("passes", help="list available passes")
     sub.add_parser("targets", help="list device profiles")
@@ -134,7 +153,7 @@ def cmd_inspect(args) -> int:
 def cmd_compress(args) -> int:
     from edgefold.build import run_build
     from edgefold.passes.registry import parse_pass_spec
-    from edgefold.recipe import EvalSettings, PassEntry, Recipe
+    from edgefold.recipe import CompileSettings, EvalSettings, PassEntry, Recipe
 
     if not args.passes:
         raise EdgefoldError("compress needs at least one --pass NAME[:key=value,...]")
@@ -143,7 +162,8 @@ def cmd_compress(args) -> int:
         name, options = parse_pass_spec(spec)
         entries.append(PassEntry(name=name, **options))
     recipe = Recipe(model=args.model, profile=args.profile, seed=args.seed, passes=entries,
-                    eval=EvalSettings(enabled=not args.no_eval, tokens=args.eval_tokens))
+                    eval=EvalSettings(enabled=not args.no_eval, tokens=args.eval_tokens),
+                    compile=CompileSettings(enabled=False))  # `edgefold compile` is the separate step
     return 0 if run_build(recipe, output=args.output).gates_passed else 1
 
 
@@ -208,13 +228,26 @@ def cmd_eval(args) -> int:
 
 def cmd_profile(args) -> int:
     from edgefold.profiling import profile_model
+    from edgefold.targets.tvm.profile import is_compiled_artifact, profile_artifact
 
+    compiled = args.artifact.is_dir() and is_compiled_artifact(args.artifact)
+    target = args.target or ("host" if compiled else "onnxruntime")
+    if target == "host" or target.startswith("rpc://"):
+        if not compiled:
+            raise EdgefoldError(f"--target {target} profiles a compiled artifact: run `edgefold compile` on "
+                                f"{args.artifact} first (or use --target onnxruntime|estimate)")
+        result = profile_artifact(args.artifact, target, repeats=args.repeats, top=max(args.top, 15))
+        return _print_profile(result, args, profile_name=None)
     model_path = args.artifact / "model.onnx" if args.artifact.is_dir() else args.artifact
     profile_name = args.profile
     manifest_path = model_path.parent / "manifest.json"
     if profile_name is None:
         profile_name = json.loads(manifest_path.read_text())["profile"]["name"] if manifest_path.exists() else "host"
-    result = profile_model(_model_path(str(model_path)), args.target, profile_name=profile_name, repeats=args.repeats)
+    result = profile_model(_model_path(str(model_path)), target, profile_name=profile_name, repeats=args.repeats)
+    return _print_profile(result, args, profile_name)
+
+
+def _print_profile(result: dict, args, profile_name: str | None) -> int:
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
@@ -223,8 +256,12 @@ def cmd_profile(args) -> int:
         line += f" for {profile_name})" if values["kind"] == "estimated" else f", p90 {values['p90_ms']:.3f}, min {values['min_ms']:.3f})"
         if "tokens_per_s" in values:
             line += f", {values['tokens_per_s']:.1f} tokens/s"
+        if "peak_rss_mb" in values:
+            line += f", peak memory {values['peak_rss_mb']:.0f} MB"
         print(line)
-        for kernel in values["kernels"][:8]:
+        if values.get("note"):
+            print(f"    ({values['note']})")
+        for kernel in values["kernels"][:args.top]:
             print(f"    {kernel['ms']:9.3f} ms {100 * kernel['share']:5.1f}%  {kernel['name']}")
     return 0
 
@@ -262,6 +299,40 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from edgefold.targets.tvm import compile_model
+    from edgefold.targets.tvm.buckets import parse_shape_overrides
+
+    seqs = None
+    if args.seq:
+        try:
+            seqs = [int(s) for s in args.seq.split(",") if s.strip()]
+        except ValueError:
+            raise EdgefoldError(f"bad --seq {args.seq!r}: expected comma-separated integers") from None
+    compile_model(args.model, args.profile, output=args.output, seqs=seqs,
+                  shapes=parse_shape_overrides(args.shape), trials=args.trials, rpc=args.rpc,
+                  check=not args.no_check)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from edgefold.targets.tvm import run_artifact
+
+    results = run_artifact(args.artifact, repeats=args.repeats, count=args.count)
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+        return 0
+    for label, row in results.items():
+        line = f"{label} [{row['inputs']}] on {row['where']}: max error {row['max_abs_error']:.3g}"
+        line += f" (outputs up to {row['max_abs_reference']:.3g}), cosine {row['cosine']:.6f}"
+        if "argmax_agreement" in row:
+            line += f", argmax agreement {100 * row['argmax_agreement']:.1f}% over {row['inputs_checked']} input(s)"
+        if "tvm_ms" in row:
+            line += f"; TVM {row['tvm_ms']:.2f} ms vs onnxruntime {row['onnxruntime_ms']:.2f} ms"
+        print(line)
+    return 0
+
+
 def cmd_passes(args) -> int:
     from edgefold.passes.registry import available_passes
 
@@ -285,7 +356,8 @@ def cmd_targets(args) -> int:
 
 COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compress, "build": cmd_build,
             "check": cmd_check, "profile": cmd_profile, "search": cmd_search,
-            "eval": cmd_eval, "simulate": cmd_simulate, "passes": cmd_passes, "targets": cmd_targets}
+            "eval": cmd_eval, "simulate": cmd_simulate, "passes": cmd_passes, "targets": cmd_targets,
+            "compile": cmd_compile, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

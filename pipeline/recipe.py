@@ -12,10 +12,13 @@
     tokens = 8192                    # LM perplexity tokens
     every_pass = true                # task metric after each pass, not only at the end
 
+    [compile]                        # TVM compile into the same folder (enabled = false to skip)
+    trials = 0                       # tuning trials per shape (0: untuned)
+
     [gates]                          # optional budgets; a failing gate exits 1
     max_artifact_mb = 200
     max_perplexity_increase = 0.05   # relative to the original model
-    max_latency_ms = { onnxruntime = 80 }
+    max_latency_ms = { onnxruntime = 80, tvm = 60 }   # also estimate, rpc://TRACKER:PORT/KEY
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ class EvalSettings(pydantic.BaseModel):
     every_pass: bool = True
 
 
+class CompileSettings(pydantic.BaseModel):
+    """The TVM compile at the end of a build (edgefold.targets.tvm)."""
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+    # Tuning trials per shape. 0 (untuned) keeps the default build to minutes on a
+    # 2-core machine; the profile's `tuning_trials` is the budget for a real deployment.
+    trials: int = pydantic.Field(default=0, ge=0)
+    seqs: list[int] | None = None  # sequence lengths of text models (default: 1 and 128 for LMs)
+
+
 class SearchSpace(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     grid: dict[str, list[Any]]
@@ -73,6 +86,7 @@ class Recipe(pydantic.BaseModel):
     passes: list[PassEntry] = pydantic.Field(default_factory=lambda: [PassEntry(**p) for p in DEFAULT_PASSES])
     eval: EvalSettings = EvalSettings()
     gates: Gates = Gates()
+    compile: CompileSettings = CompileSettings()
     search: SearchSpace | None = None  # only `edgefold search` reads it
 
 

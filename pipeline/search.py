@@ -60,10 +60,16 @@ def run_search(recipe: Recipe, space: SearchSpace, *, base_dir: Path, output: Pa
     from edgefold.evaluate import primary_metric
     from edgefold.latency import measure_onnxruntime
 
+    from edgefold.recipe import CompileSettings
+
     points: list[dict[str, Any]] = []
     configs = configurations(recipe, space)
+    # Candidates are ranked on onnxruntime latency; the TVM compile runs only when a gate needs it.
+    needs_compile = any(t == "tvm" or t.startswith("rpc://") for t in recipe.gates.max_latency_ms)
     for index, (setting, candidate) in enumerate(configs):
         progress.info(f"search {index + 1}/{len(configs)}: {setting}")
+        if not needs_compile:
+            candidate = candidate.model_copy(update={"compile": CompileSettings(enabled=False)})
         result = run_build(candidate, base_dir=base_dir, output=output / "search" / f"{index:02d}")
         inputs, _ = _reference_inputs(candidate, base_dir)
         latency = measure_onnxruntime(result.output / "model.onnx", inputs, repeats=5)["median_ms"]

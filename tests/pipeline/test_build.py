@@ -64,3 +64,12 @@ def test_default_build_on_smollm2(cli, tmp_path, smollm2_onnx, monkeypatch):
     assert abs(ppl - manifest["baseline"]["perplexity"]) < 1e-3
     assert 15 < ppl < 40
     assert (tmp_path / "dist" / "model.onnx.data").stat().st_size > 500e6
+    # ... and ends in a host artifact that matches onnxruntime, timed beside it.
+    compiled = manifest["compile"]
+    assert [b["label"] for b in compiled["buckets"]] == ["decode", "prefill128"]
+    for bucket in compiled["buckets"]:
+        assert (tmp_path / "dist" / bucket["library"]).exists()
+        assert bucket["fidelity"]["argmax_agreement"] == 1.0
+    report = json.loads((tmp_path / "dist" / "compile-report.json").read_text())
+    assert report["buckets"]["decode"]["latency"]["tvm_ms"] > 0
+    assert report["buckets"]["decode"]["latency"]["onnxruntime_ms"] > 0

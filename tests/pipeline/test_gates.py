@@ -52,11 +52,24 @@ def test_latency_and_quality_gates(cli, tmp_path, digits_onnx):
     assert strict.code == 1 and "under by" in strict.err
 
 
+def test_tvm_latency_gate(cli, tmp_path, digits_onnx):
+    """The build compiles with TVM; a gate on the compiled library's latency fails just below it."""
+    assert cli("build", _recipe(tmp_path, "digits-cnn", "max_latency_ms = { tvm = 10000 }")).code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    measured = report["latency"]["tvm"]["median_ms"]
+    assert report["latency"]["tvm"]["kernels"] and (tmp_path / "out" / "lib" / "batch1.so").exists()
+    slow = cli("check", _recipe(tmp_path, "digits-cnn", f"max_latency_ms = {{ tvm = {measured / 20} }}"))
+    assert slow.code == 1 and _junit_failures(tmp_path / "out") == {"max_latency_ms[tvm]": True}
+    assert cli("check", _recipe(tmp_path, "digits-cnn", f"max_latency_ms = {{ tvm = {measured * 20} }}")).code == 0
+
+
 def test_broken_gate_values_exit_2(cli, tmp_path):
     result = cli("build", _recipe(tmp_path, "digits-cnn", "min_accuracy = 3"))
     assert result.code == 2 and "gates.min_accuracy" in result.err
     result = cli("build", _recipe(tmp_path, "digits-cnn", "max_latency_ms = { phone = 3 }"))
     assert result.code == 2 and "unknown latency target" in result.err
+    result = cli("build", _recipe(tmp_path, "digits-cnn", "max_latency_ms = { tvm = 3 }\n[compile]\nenabled = false"))
+    assert result.code == 2 and "needs the TVM compile" in result.err
     assert not (tmp_path / "out").exists()
 
 
@@ -70,13 +83,13 @@ def test_second_build_is_reused_and_10x_faster(cli, tmp_path, effnet_onnx):
     second = cli("build", recipe)
     second_seconds = time.perf_counter() - start
     assert second.code == 0
-    assert "reused" in second.err and "unchanged" in second.err
+    assert "reused" in second.err and "recipe, profile and tools unchanged" in second.err
     assert second_seconds * 10 <= first_seconds, (first_seconds, second_seconds)
     assert json.loads((tmp_path / "out" / "report.json").read_text())["reused"] is True
     # a changed recipe is not reused
     changed = _recipe(tmp_path, "efficientnet-lite0", "max_artifact_mb = 100\nmin_top1_agreement = 0.5")
     third = cli("build", changed)
-    assert third.code == 0 and "unchanged" not in third.err
+    assert third.code == 0 and "recipe, profile and tools unchanged" not in third.err
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

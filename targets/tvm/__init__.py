@@ -1,0 +1,28 @@
+"""Compiling models with Apache TVM for a device profile.
+
+One module per concern, in the order a compile runs through them:
+`buckets` (static shapes) -> `lowbit` (low-bit weight formats made importable) ->
+`importer` (ONNX -> Relax, with `converters` for what the stock importer lacks) ->
+`lowering` (decode+matmul fusion, the Relax pipeline) -> `tuning` (MetaSchedule with a
+reusable database) -> `build` (host, aarch64 cross and CUDA libraries) -> `weights`
+(the packed weight file) -> `artifact` (the deployable folder and its manifest) ->
+`execute` (`edgefold run`: host VM or qemu-aarch64, compared with onnxruntime).
+
+Importing this package does not import TVM; the heavy import happens on first use.
+"""
+
+from __future__ import annotations
+
+__all__ = ["compile_model", "run_artifact"]
+
+
+def compile_model(*args, **kwargs):
+    from edgefold.targets.tvm.artifact import compile_model as _compile
+
+    return _compile(*args, **kwargs)
+
+
+def run_artifact(*args, **kwargs):
+    from edgefold.targets.tvm.execute import run_artifact as _run
+
+    return _run(*args, **kwargs)

@@ -1,0 +1,401 @@
+"""`edgefold compile`: a model -> `dist/<model>-<profile>/`, a folder a device can run.
+
+    model.onnx (+ .data)      the (compressed) graph that was compiled
+    lib/<bucket>.so           one library per static shape (+ .fatbin for CUDA with nvcc)
+    weights.bin               packed weights every bucket's `main` takes (EFW1, weights.py)
+    tuning/<bucket>/          the tuning records the libraries were built with
+    runner/runner.cc, build.sh   the C++ runner; for aarch64 also runner/edgefold-runner
+    runtime/lib/              (aarch64) libtvm_runtime.so + libtvm_ffi.so from the wheels
+    manifest.json             sha256 of every file, source model hash, passes and their
+                              configs, profile, tool versions, fidelity, sizes (deterministic)
+    compile-report.json       timings and latencies (not deterministic, not hashed)
+
+When the model comes from an `edgefold build`/`compress` folder, its manifest (passes,
+recipe, metrics) is carried into this one; when that folder is also the output, the
+build's other files (report.json, report.html, ...) are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edgefold import onnx_io, progress
+from edgefold.atomic import atomic_directory, cache_root
+from edgefold.errors import EdgefoldError
+from edgefold.hashing import sha256_file, sha256_json
+from edgefold.manifest import write_json
+from edgefold.targets.tvm import build_cache
+
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "compile-report.json"
+_MODEL_FILES = ("model.onnx", "model.onnx.data")
+_SIGNIFICANT = 4  # fidelity digits in the manifest: stable across runs of the same library
+
+
+def resolve_model(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
+    """(model.onnx path, the manifest of the build folder it came from, if any)."""
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.onnx"
+        if not path.exists():
+            raise EdgefoldError(f"{model} has no model.onnx")
+    if path.suffix == ".onnx":
+        if not path.exists():
+            raise EdgefoldError(f"model file not found: {path}")
+        source_manifest = path.parent / MANIFEST_FILE
+        manifest = json.loads(source_manifest.read_text()) if source_manifest.exists() else None
+        return path, manifest
+    from edgefold.export import export_model
+
+    return export_model(str(model)).path, None
+
+
+def compile_model(model: str | Path, profile: str = "host", *, output: Path | None = None,
+                  seqs: list[int] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+                  trials: int | None = None, rpc: str | None = None, check: bool = True,
+                  latency: bool = True, reuse: bool = True) -> dict[str, Any]:
+    """Compile, tune (reusing the database), build and write the artifact; returns the manifest.
+
+    `reuse=False` ignores finished builds in the cache (the tuning database is still used).
+    """
+    from edgefold.targets.profiles import load_profile
+    from edgefold.targets.tvm.buckets import plan_buckets
+    from edgefold.targets.tvm.build import check_toolchain, library_kind
+    from edgefold.targets.tvm.environment import load_tvm, target_family, tvm_target
+
+    start = time.perf_counter()
+    model_path, source_manifest = resolve_model(model)
+    device = load_profile(profile)
+    family = target_family(device.tvm_target)
+    load_tvm(family)
+    target = tvm_target(device.tvm_target)
+    kind = library_kind(target)
+    check_toolchain(device, kind)
+    meta = _model_meta(model_path, source_manifest)
+    buckets = plan_buckets(model_path, meta["task"], seqs=seqs, shapes=shapes)
+    budget = device.tuning_trials if trials is None else trials
+    if budget < 0:
+        raise EdgefoldError(f"--trials must be >= 0 (got {budget})")
+    out_dir = Path(output) if output else Path("dist") / f"{meta['name']}-{device.name}"
+    carried = _carried_files(model_path, out_dir)
+
+    work_root = cache_root() / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"schema": 1, "buckets": {}, "machine": {"platform": platform.platform()}}
+    with tempfile.TemporaryDirectory(prefix="compile-", dir=work_root) as scratch, \
+            atomic_directory(out_dir) as staging:
+        scratch = Path(scratch)
+        with progress.step(f"copy {model_path.name} into the artifact"):
+            _copy_model(model_path, staging)
+        for name, data in carried.items():
+            (staging / name).write_bytes(data)
+        entries, weight_files = [], {}
+        model_digest = build_cache.model_hash(onnx_io.model_files(model_path))
+        for bucket in buckets:
+            key = _bucket_key(model_digest, bucket, device, target, budget, check)
+            hit = build_cache.load(key) if reuse else None
+            if hit is not None:
+                entry, folder = hit
+                build_cache.restore(folder, entry, staging)
+                entry = {k: v for k, v in entry.items() if not k.startswith("_")}
+                weight_files.setdefault(entry["weights_sha256"], entry["weights"])
+                timing = {"reused_build": str(folder)}
+                progress.info(f"    {bucket.label}: inputs, tuning records and code unchanged: "
+                              f"reused the finished build ({folder})")
+            else:
+                entry, timing = _compile_bucket(bucket, model_path, device, target, kind, family, budget, rpc,
+                                                scratch, staging, weight_files)
+                if check and kind == "x86_64":
+                    entry["fidelity"], _ = _check_host(staging, entry, meta, latency=False)
+                files = {name: staging / name for name in (entry["library"], *entry["extra"], entry["weights"])}
+                if (staging / "tuning" / bucket.label).exists():
+                    files[f"tuning/{bucket.label}"] = staging / "tuning" / bucket.label
+                build_cache.store(_bucket_key(model_digest, bucket, device, target, budget, check), entry, files)
+            if check and latency and kind == "x86_64":
+                timing["latency"] = _measure_latency(staging, entry, meta)
+            entries.append(entry)
+            report["buckets"][bucket.label] = timing
+        runner = _write_runner(staging, kind, device)
+        manifest = _manifest(meta, source_manifest, device, target, kind, entries, runner, staging,
+                             exclude=set(carried) | {MANIFEST_FILE, REPORT_FILE}, budget=budget)
+        write_json(staging / MANIFEST_FILE, manifest)
+        report["seconds_total"] = round(time.perf_counter() - start, 2)
+        write_json(staging / REPORT_FILE, report)
+    _print_summary(out_dir, manifest, report)
+    return manifest
+
+
+# ---------------------------------------------------------------- one bucket
+
+
+def _compile_bucket(bucket, model_path, device, target, kind, family, budget, rpc, scratch, staging,
+                    weight_files) -> tuple[dict, dict]:
+    from edgefold.targets.tvm import lowering
+    from edgefold.targets.tvm.build import compile_executable, export, transform_weights
+    from edgefold.targets.tvm.importer import import_bucket
+    from edgefold.targets.tvm.tuning import Measurement, TuningDatabase, export_records, tune
+    from edgefold.targets.tvm.weights import write_weights
+
+    timing: dict[str, Any] = {}
+    label = bucket.label
+    with progress.step(f"import {label} ({bucket.describe()})"):
+        t = time.perf_counter()
+        imported = import_bucket(model_path, bucket, scratch)
+        prepared = lowering.prepare(imported.mod)
+        weights = transform_weights(lowering.only(prepared, "main_transform_params"), imported.weights)
+        del imported.weights
+        device_mod, weights, names = lowering.bind_small_weights(lowering.only(prepared, "main"), weights)
+        device_mod = lowering.finish(device_mod, target)
+        timing["import_s"] = round(time.perf_counter() - t, 2)
+
+    database = TuningDatabase.for_bucket(device.name, str(target), label)
+    measurement = Measurement(rpc=rpc, family=family)
+    cross = device.cross_compiler if kind == "aarch64" else None
+    with progress.step(f"tune {label}"):
+        outcome = tune(device_mod, target, database, budget, measurement, cross, label)
+    if outcome.skipped:
+        progress.info(f"    not tuned: {outcome.skipped}")
+    elif outcome.tuned == 0:
+        progress.info(f"    reused tuning records of all {outcome.tasks} kernels ({database.folder})")
+    timing["tuning"] = {k: v for k, v in outcome.__dict__.items() if k != "database"}
+
+    notes = [f"not tuned: {outcome.skipped}"] if outcome.skipped else []
+    schedules = database
+    if not _has_records(database) and outcome.skipped.startswith("no device") and kind == "aarch64":
+        host = _host_database(label)
+        if host is not None and _has_records(host):
+            schedules = host
+            notes.append("CPU schedules transferred from this machine's host tuning database "
+                         f"({host.folder.name}/{label}); not measured on the device")
+            progress.info(f"    {notes[-1]}")
+    with progress.step(f"build {label} for {device.name} ({kind})"):
+        t = time.perf_counter()
+        has_records = _has_records(schedules)
+        executable = compile_executable(device_mod, target, schedules.open() if has_records else None)
+        library = export(executable, target, device, staging / "lib" / f"{label}.so")
+        records = export_records(schedules, device_mod, target, staging / "tuning" / label) if has_records else 0
+        timing["build_s"] = round(time.perf_counter() - t, 2)
+
+    weights_path = scratch / f"weights-{label}.bin"
+    write_weights(weights_path, names, weights)
+    digest = sha256_file(weights_path)
+    if digest not in weight_files:  # buckets share one file when their weights are the same
+        name = "weights.bin" if not weight_files else f"weights-{label}.bin"
+        shutil.move(weights_path, staging / name)
+        weight_files[digest] = name
+    entry = {
+        "label": label,
+        "inputs": {n: {"shape": list(bucket.shapes[n]), "dtype": bucket.dtypes[n]} for n in bucket.shapes},
+        "library": f"lib/{label}.so",
+        "extra": [f"lib/{p.name}" for p in library.extra],
+        "weights": weight_files[digest],
+        "weights_sha256": digest,
+        "weight_tensors": len(names),
+        "kernels": outcome.tasks,
+        "tuned_kernels": records,
+        "lowbit_weights": dict(sorted(imported.collapsed.items())),
+        "check_count": 8 if bucket.label == "decode" else 1,
+        "notes": library.notes + notes,
+    }
+    return entry, timing
+
+
+def _has_records(database) -> bool:
+    return database.record_path.exists() and database.record_path.stat().st_size > 0
+
+
+def _host_database(label: str):
+    """The `host` profile's database for this shape: schedules a CPU target can borrow."""
+    from edgefold.targets.profiles import load_profile
+    from edgefold.targets.tvm.environment import tvm_target
+    from edgefold.targets.tvm.tuning import TuningDatabase
+
+    try:
+        host = load_profile("host")
+    except EdgefoldError:
+        return None
+    return TuningDatabase.for_bucket(host.name, str(tvm_target(host.tvm_target)), label)
+
+
+def _bucket_of(entry: dict):
+    from edgefold.targets.tvm.buckets import Bucket
+
+    return Bucket(entry["label"], {k: tuple(v["shape"]) for k, v in entry["inputs"].items()},
+                  {k: v["dtype"] for k, v in entry["inputs"].items()})
+
+
+def _check_host(staging: Path, entry: dict, meta: dict, latency: bool = False) -> tuple[dict, dict]:
+    """Fidelity against onnxruntime with exact arithmetic (see execute.reference_session)."""
+    from edgefold.targets.tvm.execute import HostLibrary, compare, merge, reference_session
+    from edgefold.targets.tvm.inputs import check_inputs
+
+    bucket = _bucket_of(entry)
+    with progress.step(f"check {bucket.label} against onnxruntime"):
+        sets = check_inputs(bucket, meta["task"], meta.get("tokenizer"), {}, entry["check_count"])
+        host = HostLibrary(staging / entry["library"], staging / entry["weights"], list(bucket.shapes))
+        reference = reference_session(staging / "model.onnx")
+        wanted = [o.name for o in reference.get_outputs()]
+        allowed = {i.name for i in reference.get_inputs()}
+        parts = [compare(host(f), reference.run(wanted, {k: v for k, v in f.items() if k in allowed})) for f in sets]
+        fidelity = {k: float(f"{v:.{_SIGNIFICANT}g}") for k, v in merge(parts).items()}
+    progress.info(f"    {bucket.label}: " + ", ".join(f"{k} {v:.4g}" for k, v in fidelity.items()))
+    return fidelity, {}
+
+
+def _measure_latency(staging: Path, entry: dict, meta: dict, repeats: int = 3) -> dict:
+    """Median ms of the library beside onnxruntime (default optimizations) on the same input."""
+    from edgefold.targets.tvm.execute import HostLibrary, onnxruntime_latency_ms, reference_session
+    from edgefold.targets.tvm.inputs import check_inputs
+
+    bucket = _bucket_of(entry)
+    feeds = check_inputs(bucket, meta["task"], meta.get("tokenizer"), {}, 1)[0]
+    host = HostLibrary(staging / entry["library"], staging / entry["weights"], list(bucket.shapes))
+    fast = reference_session(staging / "model.onnx", exact=False)
+    return {"tvm_ms": round(host.latency_ms(feeds, repeats), 3),
+            "onnxruntime_ms": round(onnxruntime_latency_ms(fast, feeds, repeats), 3)}
+
+
+def _bucket_key(model_digest: str, bucket, device, target, budget: int, check: bool) -> str:
+    from edgefold.targets.tvm.environment import tool_versions
+    from edgefold.targets.tvm.tuning import TuningDatabase
+
+    database = TuningDatabase.for_bucket(device.name, str(target), bucket.label)
+    host = _host_database(bucket.label)  # what an untunable CPU target may borrow
+    borrowed = build_cache.file_digest(host.record_path) if host is not None else "none"
+    return build_cache.build_key(model=model_digest, bucket={**bucket.to_json(), "check": check, "host": borrowed},
+                                 profile=device.model_dump(mode="json"), target=str(target), budget=budget,
+                                 records=database.record_path, versions=tool_versions())
+
+
+# ---------------------------------------------------------------- runner, manifest
+
+
+def _write_runner(staging: Path, kind: str, device) -> dict[str, Any]:
+    """Runner source always; for aarch64 also the binary and the runtime it links against."""
+    from edgefold.targets.tvm.runner_build import BUILD_SCRIPT, RUNNER_SOURCE
+
+    folder = staging / "runner"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(RUNNER_SOURCE, folder / "runner.cc")
+    (folder / "build.sh").write_text(BUILD_SCRIPT)
+    info: dict[str, Any] = {"source": "runner/runner.cc"}
+    if kind != "aarch64":
+        return info
+    from edgefold.targets.tvm import aarch64_runtime
+    from edgefold.targets.tvm.runner_build import build_aarch64_runner
+
+    try:
+        runtime = aarch64_runtime.fetch_runtime()
+    except EdgefoldError as exc:
+        progress.info(f"    no aarch64 runner binary: {exc}")
+        info["note"] = str(exc)
+        return info
+    with progress.step("build the aarch64 runner"):
+        (staging / "runtime" / "lib").mkdir(parents=True, exist_ok=True)
+        for library in sorted((runtime / "lib").glob("*.so")):
+            shutil.copyfile(library, staging / "runtime" / "lib" / library.name)
+        build_aarch64_runner(folder / "edgefold-runner", runtime, device.cross_compiler or "aarch64-linux-gnu-g++")
+    info["binary"] = "runner/edgefold-runner"
+    info["runtime"] = aarch64_runtime.versions()
+    return info
+
+
+def _copy_model(model_path: Path, folder: Path) -> None:
+    """model.onnx (+ model.onnx.data) byte for byte; other names are re-saved under those names."""
+    data = onnx_io.data_path_for(model_path)
+    if model_path.name == "model.onnx":
+        shutil.copyfile(model_path, folder / "model.onnx")
+        if data.exists():
+            shutil.copyfile(data, folder / data.name)
+        return
+    onnx_io.save(onnx_io.load(model_path), folder / "model.onnx")
+
+
+def _model_meta(model_path: Path, source_manifest: dict | None) -> dict[str, Any]:
+    meta = onnx_io.metadata(model_path)
+    name = meta.get("edgefold.model") or model_path.stem
+    if source_manifest and source_manifest.get("model", {}).get("name"):
+        name = source_manifest["model"]["name"]
+    return {"name": Path(name).name, "task": meta.get("edgefold.task", "generic"),
+            "tokenizer": meta.get("edgefold.tokenizer"), "source_sha256": meta.get("edgefold.source_sha256")}
+
+
+def _carried_files(model_path: Path, out_dir: Path) -> dict[str, bytes]:
+    """A build's other files, kept when the artifact replaces the folder the model came from."""
+    source = model_path.parent.resolve()
+    if not out_dir.exists() or source != out_dir.resolve():
+        return {}
+    keep = {}
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name not in (*_MODEL_FILES, MANIFEST_FILE, REPORT_FILE):
+            keep[path.name] = path.read_bytes()
+    return keep
+
+
+def _file_hashes(folder: Path, exclude: set[str]) -> dict[str, str]:
+    hashes = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative not in exclude:
+            hashes[relative] = sha256_file(path)
+    return hashes
+
+
+def _manifest(meta, source_manifest, device, target, kind, entries, runner, staging, *, exclude,
+              budget) -> dict[str, Any]:
+    from edgefold import __version__
+    from edgefold.hashing import sha256_files
+    from edgefold.targets.tvm.environment import tool_versions
+
+    files = _file_hashes(staging, exclude)
+    sizes = {
+        "onnx_bytes": sum((staging / f).stat().st_size for f in _MODEL_FILES if (staging / f).exists()),
+        "library_bytes": sum(p.stat().st_size for p in (staging / "lib").iterdir()),
+        "weights_bytes": sum((staging / w).stat().st_size for w in {e["weights"] for e in entries}),
+    }
+    sizes["deployable_bytes"] = sizes["library_bytes"] + sizes["weights_bytes"]
+    compiled = {
+        "model": {**meta, "onnx_sha256": sha256_files([staging / f for f in _MODEL_FILES if (staging / f).exists()])},
+        "profile": {"name": device.name, "sha256": sha256_json(device.model_dump(mode="json")),
+                    "tvm_target": device.tvm_target, "target": str(target)},
+        "library_kind": kind,
+        "tuning_budget": budget,
+        "buckets": entries,
+        "runner_source": runner["source"],
+        "runner_binary": runner.get("binary"),
+        "runner_runtime": runner.get("runtime"),
+        "sizes": sizes,
+        "carried_files": sorted(exclude - {MANIFEST_FILE, REPORT_FILE}),
+    }
+    base = dict(source_manifest or {})
+    base.pop("files", None)
+    if "model" not in base:
+        base["model"] = {"name": meta["name"], "task": meta["task"], "source_sha256": meta["source_sha256"]}
+    versions = {**base.get("versions", {}), **tool_versions(), "edgefold": __version__}
+    return {**base, "schema": base.get("schema", 1), "edgefold_version": __version__, "compile": compiled,
+            "files": files, "versions": dict(sorted(versions.items()))}
+
+
+def _print_summary(out_dir: Path, manifest: dict, report: dict) -> None:
+    compiled = manifest["compile"]
+    for entry in compiled["buckets"]:
+        timing = report["buckets"][entry["label"]]
+        fidelity = entry.get("fidelity")
+        parts = [f"{entry['label']}: {entry['tuned_kernels']}/{entry['kernels']} kernels tuned"]
+        if fidelity:
+            parts.append(f"max error {fidelity['max_abs_error']:.3g}")
+            if "argmax_agreement" in fidelity:
+                parts.append(f"argmax agreement {100 * fidelity['argmax_agreement']:.1f}%")
+        latency = timing.get("latency") or {}
+        if latency:
+            parts.append(f"TVM {latency['tvm_ms']:.2f} ms vs onnxruntime {latency['onnxruntime_ms']:.2f} ms")
+        print(", ".join(parts), flush=True)
+    sizes = compiled["sizes"]
+    progress.info(f"wrote {out_dir} ({compiled['library_kind']} library {sizes['library_bytes'] / 1e6:.2f} MB, "
+                  f"weights {sizes['weights_bytes'] / 1e6:.1f} MB) in {report['seconds_total']:.1f}s")
