@@ -203,7 +203,7 @@ def compile_into(folder: Path, recipe: Recipe, base_dir: Path) -> dict[str, Any]
     from edgefold.targets.tvm import compile_model
 
     return compile_model(folder, resolve_relative(recipe.profile, base_dir) or recipe.profile, output=folder,
-                         trials=recipe.compile.trials, seqs=recipe.compile.seqs)
+                         trials=recipe.compile.trials, seqs=recipe.compile.seqs, kv_cache=recipe.compile.kv_cache)
 
 
 def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,

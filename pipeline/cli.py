@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", help="sequence lengths to compile, comma-separated (LMs default 1,128)")
     p.add_argument("--shape", action="append", metavar="NAME=DxD...", help="a static input shape (repeatable)")
     p.add_argument("--trials", type=int, help="tuning trials per shape (default: the profile's; 0 = no tuning)")
+    p.add_argument("--kv-cache", type=int, default=256, metavar="N",
+                   help="causal LMs: KV-cache slots of the decode library (default 256; 0 = decode without a cache)")
     p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure tuning candidates on a device via a TVM RPC tracker")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
 
@@ -311,7 +313,7 @@ def cmd_compile(args) -> int:
             raise EdgefoldError(f"bad --seq {args.seq!r}: expected comma-separated integers") from None
     compile_model(args.model, args.profile, output=args.output, seqs=seqs,
                   shapes=parse_shape_overrides(args.shape), trials=args.trials, rpc=args.rpc,
-                  check=not args.no_check)
+                  check=not args.no_check, kv_cache=args.kv_cache)
     return 0
 
 

@@ -59,6 +59,7 @@ class CompileSettings(pydantic.BaseModel):
     # 2-core machine; the profile's `tuning_trials` is the budget for a real deployment.
     trials: int = pydantic.Field(default=0, ge=0)
     seqs: list[int] | None = None  # sequence lengths of text models (default: 1 and 128 for LMs)
+    kv_cache: int = pydantic.Field(default=256, ge=0)  # LM decode: KV-cache slots (0: no cache)
 
 
 class SearchSpace(pydantic.BaseModel):

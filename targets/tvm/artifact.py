@@ -59,13 +59,15 @@ def resolve_model(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
 def compile_model(model: str | Path, profile: str = "host", *, output: Path | None = None,
                   seqs: list[int] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
                   trials: int | None = None, rpc: str | None = None, check: bool = True,
-                  latency: bool = True, reuse: bool = True) -> dict[str, Any]:
+                  latency: bool = True, reuse: bool = True, kv_cache: int | None = None) -> dict[str, Any]:
     """Compile, tune (reusing the database), build and write the artifact; returns the manifest.
 
     `reuse=False` ignores finished builds in the cache (the tuning database is still used).
+    `kv_cache`: slots of a causal LM's decode KV cache (default 256; 0 = decode without a cache).
     """
     from edgefold.targets.profiles import load_profile
-    from edgefold.targets.tvm.buckets import plan_buckets
+    from edgefold.targets.tvm.buckets import DEFAULT_KV_CACHE, plan_buckets
+    from edgefold.targets.tvm.references import References
     from edgefold.targets.tvm.build import check_toolchain, library_kind
     from edgefold.targets.tvm.environment import load_tvm, target_family, tvm_target
 
@@ -78,7 +80,8 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
     kind = library_kind(target)
     check_toolchain(device, kind)
     meta = _model_meta(model_path, source_manifest)
-    buckets = plan_buckets(model_path, meta["task"], seqs=seqs, shapes=shapes)
+    buckets = plan_buckets(model_path, meta["task"], seqs=seqs, shapes=shapes,
+                           kv_cache=DEFAULT_KV_CACHE if kv_cache is None else kv_cache)
     budget = device.tuning_trials if trials is None else trials
     if budget < 0:
         raise EdgefoldError(f"--trials must be >= 0 (got {budget})")
@@ -95,6 +98,7 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
             _copy_model(model_path, staging)
         for name, data in carried.items():
             (staging / name).write_bytes(data)
+        references = References(staging / "model.onnx", scratch)
         entries, weight_files = [], {}
         model_digest = build_cache.model_hash(onnx_io.model_files(model_path))
         for bucket in buckets:
@@ -109,16 +113,16 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
                 progress.info(f"    {bucket.label}: inputs, tuning records and code unchanged: "
                               f"reused the finished build ({folder})")
             else:
-                entry, timing = _compile_bucket(bucket, model_path, device, target, kind, family, budget, rpc,
+                entry, timing = _compile_bucket(bucket, references, device, target, kind, family, budget, rpc,
                                                 scratch, staging, weight_files)
                 if check and kind == "x86_64":
-                    entry["fidelity"], _ = _check_host(staging, entry, meta, latency=False)
+                    entry["fidelity"], _ = _check_host(staging, entry, meta, references)
                 files = {name: staging / name for name in (entry["library"], *entry["extra"], entry["weights"])}
                 if (staging / "tuning" / bucket.label).exists():
                     files[f"tuning/{bucket.label}"] = staging / "tuning" / bucket.label
                 build_cache.store(_bucket_key(model_digest, bucket, device, target, budget, check), entry, files)
             if check and latency and kind == "x86_64":
-                timing["latency"] = _measure_latency(staging, entry, meta)
+                timing["latency"] = _measure_latency(staging, entry, meta, references)
             entries.append(entry)
             report["buckets"][bucket.label] = timing
         runner = _write_runner(staging, kind, device)
@@ -134,16 +138,20 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
 # ---------------------------------------------------------------- one bucket
 
 
-def _compile_bucket(bucket, model_path, device, target, kind, family, budget, rpc, scratch, staging,
+def _compile_bucket(bucket, references, device, target, kind, family, budget, rpc, scratch, staging,
                     weight_files) -> tuple[dict, dict]:
     from edgefold.targets.tvm import lowering
     from edgefold.targets.tvm.build import compile_executable, export, transform_weights
     from edgefold.targets.tvm.importer import import_bucket
     from edgefold.targets.tvm.tuning import Measurement, TuningDatabase, export_records, tune
+    from edgefold.targets.tvm.buckets import decode_bucket
     from edgefold.targets.tvm.weights import write_weights
 
     timing: dict[str, Any] = {}
     label = bucket.label
+    model_path = references.graph_for(bucket.kv_cache)
+    if bucket.kv_cache:
+        bucket = decode_bucket(model_path, bucket.kv_cache)
     with progress.step(f"import {label} ({bucket.describe()})"):
         t = time.perf_counter()
         imported = import_bucket(model_path, bucket, scratch)
@@ -201,6 +209,7 @@ def _compile_bucket(bucket, model_path, device, target, kind, family, budget, rp
         "tuned_kernels": records,
         "lowbit_weights": dict(sorted(imported.collapsed.items())),
         "check_count": 8 if bucket.label == "decode" else 1,
+        **({"kv_cache": bucket.kv_cache} if bucket.kv_cache else {}),
         "notes": library.notes + notes,
     }
     return entry, timing
@@ -227,36 +236,32 @@ def _bucket_of(entry: dict):
     from edgefold.targets.tvm.buckets import Bucket
 
     return Bucket(entry["label"], {k: tuple(v["shape"]) for k, v in entry["inputs"].items()},
-                  {k: v["dtype"] for k, v in entry["inputs"].items()})
+                  {k: v["dtype"] for k, v in entry["inputs"].items()}, int(entry.get("kv_cache", 0)))
 
 
-def _check_host(staging: Path, entry: dict, meta: dict, latency: bool = False) -> tuple[dict, dict]:
+def _check_host(staging: Path, entry: dict, meta: dict, references) -> tuple[dict, dict]:
     """Fidelity against onnxruntime with exact arithmetic (see execute.reference_session)."""
-    from edgefold.targets.tvm.execute import HostLibrary, compare, merge, reference_session
-    from edgefold.targets.tvm.inputs import check_inputs
+    from edgefold.targets.tvm.execute import HostLibrary, merge
+    from edgefold.targets.tvm.references import compare_bucket
 
     bucket = _bucket_of(entry)
     with progress.step(f"check {bucket.label} against onnxruntime"):
-        sets = check_inputs(bucket, meta["task"], meta.get("tokenizer"), {}, entry["check_count"])
+        pairs = references.check_sets(entry, meta, entry["check_count"])
         host = HostLibrary(staging / entry["library"], staging / entry["weights"], list(bucket.shapes))
-        reference = reference_session(staging / "model.onnx")
-        wanted = [o.name for o in reference.get_outputs()]
-        allowed = {i.name for i in reference.get_inputs()}
-        parts = [compare(host(f), reference.run(wanted, {k: v for k, v in f.items() if k in allowed})) for f in sets]
+        parts = [compare_bucket(entry, host(feeds), reference) for feeds, reference in pairs]
         fidelity = {k: float(f"{v:.{_SIGNIFICANT}g}") for k, v in merge(parts).items()}
     progress.info(f"    {bucket.label}: " + ", ".join(f"{k} {v:.4g}" for k, v in fidelity.items()))
     return fidelity, {}
 
 
-def _measure_latency(staging: Path, entry: dict, meta: dict, repeats: int = 3) -> dict:
+def _measure_latency(staging: Path, entry: dict, meta: dict, references, repeats: int = 3) -> dict:
     """Median ms of the library beside onnxruntime (default optimizations) on the same input."""
-    from edgefold.targets.tvm.execute import HostLibrary, onnxruntime_latency_ms, reference_session
-    from edgefold.targets.tvm.inputs import check_inputs
+    from edgefold.targets.tvm.execute import HostLibrary, onnxruntime_latency_ms
 
     bucket = _bucket_of(entry)
-    feeds = check_inputs(bucket, meta["task"], meta.get("tokenizer"), {}, 1)[0]
+    feeds = references.inputs(entry, meta)
     host = HostLibrary(staging / entry["library"], staging / entry["weights"], list(bucket.shapes))
-    fast = reference_session(staging / "model.onnx", exact=False)
+    fast = references.session(int(entry.get("kv_cache", 0)), exact=False)
     return {"tvm_ms": round(host.latency_ms(feeds, repeats), 3),
             "onnxruntime_ms": round(onnxruntime_latency_ms(fast, feeds, repeats), 3)}
 

@@ -5,9 +5,11 @@ sequence axis, and tuned kernels are shape-specific anyway, so every symbolic di
 is fixed before import. Causal LMs get a decode bucket (one token) and prefill buckets;
 encoders get a sequence bucket; everything else runs at batch 1.
 
-This first version compiles the graph as exported: no KV-cache inputs. The decode
-bucket is the full one-token forward (the same work as a decode step with an empty
-cache, and the same weight traffic as any decode step).
+A causal LM's decode bucket has a fixed-size KV cache (`kv_cache` slots, default
+256): it compiles the one-token graph that `kv_cache.make_decode_graph` derives from
+the model (inputs input_ids [1, 1], position [1], past_key_l / past_value_l), so its
+shapes are known only once that graph exists (`decode_bucket`). `kv_cache=0` compiles
+the plain one-token forward instead (no cache).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from edgefold.errors import EdgefoldError
 
 _ONNX_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 DEFAULT_LM_SEQS = (1, 128)
+DEFAULT_KV_CACHE = 256
 DEFAULT_ENCODER_SEQ = 128
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -29,12 +32,25 @@ class Bucket:
     label: str  # "decode", "prefill128", "seq128", "batch1": names files and tuning databases
     shapes: dict[str, tuple[int, ...]] = field(hash=False)
     dtypes: dict[str, str] = field(hash=False)
+    kv_cache: int = 0  # decode with a KV cache of this many slots (0: no cache)
 
     def describe(self) -> str:
+        if self.kv_cache:
+            return f"input_ids[1x1], KV cache of {self.kv_cache} tokens"
         return ", ".join(f"{k}[{'x'.join(map(str, v))}]" for k, v in self.shapes.items())
 
     def to_json(self) -> dict:
-        return {"label": self.label, "shapes": {k: list(v) for k, v in self.shapes.items()}, "dtypes": self.dtypes}
+        data = {"label": self.label, "shapes": {k: list(v) for k, v in self.shapes.items()}, "dtypes": self.dtypes}
+        if self.kv_cache:
+            data["kv_cache"] = self.kv_cache
+        return data
+
+
+def decode_bucket(decode_graph, kv_cache: int) -> Bucket:
+    """The decode bucket with every input of the KV-cache graph (all static)."""
+    inputs = graph_inputs(decode_graph)
+    return Bucket("decode", {i.name: tuple(int(d) for d in i.dims) for i in inputs},
+                  {i.name: i.dtype for i in inputs}, kv_cache)
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,7 @@ def parse_shape_overrides(specs: list[str] | None) -> dict[str, tuple[int, ...]]
 
 
 def plan_buckets(model_path, task: str, *, seqs: list[int] | None = None,
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> list[Bucket]:
+                 shapes: dict[str, tuple[int, ...]] | None = None, kv_cache: int = DEFAULT_KV_CACHE) -> list[Bucket]:
     """The static shapes to compile for this model."""
     inputs = graph_inputs(model_path)
     if not inputs:
@@ -86,7 +102,10 @@ def plan_buckets(model_path, task: str, *, seqs: list[int] | None = None,
     text = [i for i in inputs if i.name in _TEXT_INPUTS]
     if text and task == "causal-lm":
         lengths = list(seqs or DEFAULT_LM_SEQS)
-        return [Bucket("decode" if s == 1 else f"prefill{s}", {i.name: _batch_one(i, s) for i in inputs}, dtypes)
+        if kv_cache < 0:
+            raise EdgefoldError(f"the KV cache size must be >= 0 (got {kv_cache})")
+        return [Bucket("decode" if s == 1 else f"prefill{s}", {i.name: _batch_one(i, s) for i in inputs}, dtypes,
+                       kv_cache if s == 1 else 0)
                 for s in _positive(lengths)]
     if text:
         lengths = list(seqs or [DEFAULT_ENCODER_SEQ])

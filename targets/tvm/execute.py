@@ -80,6 +80,8 @@ def merge(parts: list[dict[str, float]]) -> dict[str, float]:
               "cosine": min(p["cosine"] for p in parts)}
     if all("argmax_agreement" in p for p in parts):
         merged["argmax_agreement"] = float(np.mean([p["argmax_agreement"] for p in parts]))
+    if all("cache_max_abs_error" in p for p in parts):
+        merged["cache_max_abs_error"] = max(p["cache_max_abs_error"] for p in parts)
     return merged
 
 
@@ -156,7 +158,6 @@ def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, 
                  buckets: list[str] | None = None) -> dict:
     """Run every bucket of an artifact on its check inputs; returns per-bucket results."""
     from edgefold.targets.tvm.buckets import Bucket
-    from edgefold.targets.tvm.inputs import check_inputs
 
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
@@ -170,40 +171,41 @@ def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, 
     if kind == "cuda":
         raise EdgefoldError("this artifact is a CUDA library: running it needs an NVIDIA GPU "
                             "(copy the folder to the GPU machine and load lib/*.so with tvm.runtime.load_module)")
+    from edgefold.targets.tvm.references import References, compare_bucket
+
     model_path = folder / "model.onnx"
-    reference = reference_session(model_path, threads=threads)
-    fast = reference_session(model_path, threads=threads, exact=False) if kind == "x86_64" else None
     meta = compiled["model"]
     results = {}
-    for entry in compiled["buckets"]:
-        if buckets and entry["label"] not in buckets:
-            continue
-        bucket = Bucket(entry["label"], {k: tuple(v["shape"]) for k, v in entry["inputs"].items()},
-                        {k: v["dtype"] for k, v in entry["inputs"].items()})
-        sets = check_inputs(bucket, meta["task"], meta.get("tokenizer"), {}, count or entry["check_count"])
-        library, weights = folder / entry["library"], folder / entry["weights"]
-        names = list(bucket.shapes)
-        wanted = [o.name for o in reference.get_outputs()]
-        parts, row = [], {"label": bucket.label, "inputs": bucket.describe()}
-        if kind == "x86_64":
-            host = HostLibrary(library, weights, names)
-            for feeds in sets:
-                parts.append(compare(host(feeds), reference.run(wanted, _only(reference, feeds))))
-            row["tvm_ms"] = round(host.latency_ms(sets[0], repeats), 3)
-            row["onnxruntime_ms"] = round(onnxruntime_latency_ms(fast, sets[0], repeats), 3)
-            row["where"] = "host (Relax VM)"
-        else:
-            runner = folder / compiled["runner_binary"] if compiled.get("runner_binary") else None
-            if runner is None or not runner.exists():
-                raise EdgefoldError(f"{folder} has no aarch64 runner binary (the aarch64 runtime was not available "
-                                    "at compile time: run tools/fetch_aarch64_runtime.py and compile again)")
-            for feeds in sets:
-                parts.append(compare(run_under_qemu(runner, library, weights, feeds, names),
-                                     reference.run(wanted, _only(reference, feeds))))
-            row["where"] = f"{QEMU} (correctness only)"
-        row.update(merge(parts))
-        row["inputs_checked"] = len(sets)
-        results[bucket.label] = row
+    with tempfile.TemporaryDirectory(prefix="edgefold-run-") as scratch:
+        references = References(model_path, Path(scratch))
+        for entry in compiled["buckets"]:
+            if buckets and entry["label"] not in buckets:
+                continue
+            bucket = Bucket(entry["label"], {k: tuple(v["shape"]) for k, v in entry["inputs"].items()},
+                            {k: v["dtype"] for k, v in entry["inputs"].items()}, int(entry.get("kv_cache", 0)))
+            pairs = references.check_sets(entry, meta, count or entry["check_count"])
+            library, weights = folder / entry["library"], folder / entry["weights"]
+            names = list(bucket.shapes)
+            parts, row = [], {"label": bucket.label, "inputs": bucket.describe()}
+            if kind == "x86_64":
+                host = HostLibrary(library, weights, names)
+                for feeds, reference in pairs:
+                    parts.append(compare_bucket(entry, host(feeds), reference))
+                row["tvm_ms"] = round(host.latency_ms(pairs[0][0], repeats), 3)
+                fast = references.session(bucket.kv_cache, exact=False, threads=threads)
+                row["onnxruntime_ms"] = round(onnxruntime_latency_ms(fast, pairs[0][0], repeats), 3)
+                row["where"] = "host (Relax VM)"
+            else:
+                runner = folder / compiled["runner_binary"] if compiled.get("runner_binary") else None
+                if runner is None or not runner.exists():
+                    raise EdgefoldError(f"{folder} has no aarch64 runner binary (the aarch64 runtime was not "
+                                        "available at compile time: run tools/fetch_aarch64_runtime.py and compile again)")
+                for feeds, reference in pairs:
+                    parts.append(compare_bucket(entry, run_under_qemu(runner, library, weights, feeds, names), reference))
+                row["where"] = f"{QEMU} (correctness only)"
+            row.update(merge(parts))
+            row["inputs_checked"] = len(pairs)
+            results[bucket.label] = row
     return results
 
 

@@ -19,6 +19,7 @@ import json
 import resource
 import socket
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 
 from edgefold import progress
 from edgefold.errors import EdgefoldError
+from edgefold.targets.tvm.references import References
 
 DEFAULT_TOP = 15
 
@@ -47,12 +49,8 @@ def is_compiled_artifact(folder: Path) -> bool:
     return manifest_path.exists() and "compile" in json.loads(manifest_path.read_text())
 
 
-def _shape_inputs(entry: dict, meta: dict) -> tuple[list[str], dict[str, np.ndarray]]:
-    from edgefold.targets.tvm.artifact import _bucket_of
-    from edgefold.targets.tvm.inputs import check_inputs
-
-    bucket = _bucket_of(entry)
-    return list(bucket.shapes), check_inputs(bucket, meta["task"], meta.get("tokenizer"), {}, 1)[0]
+def _shape_inputs(entry: dict, meta: dict, references) -> tuple[list[str], dict[str, np.ndarray]]:
+    return list(entry["inputs"]), references.inputs(entry, meta)
 
 
 def _tokens(entry: dict, meta: dict) -> int | None:
@@ -75,15 +73,17 @@ def profile_artifact(folder: Path, target: str = "host", *, repeats: int = 10, t
     """{"target", "kind", "shapes": {label: {median_ms, p90_ms, min_ms, kernels, ...}}}."""
     folder = Path(folder)
     compiled = load_compiled(folder)
-    if target == "host":
-        return _profile_host(folder, compiled, repeats, top)
-    if target.startswith("rpc://"):
-        return _profile_rpc(folder, compiled, target, repeats)
-    raise EdgefoldError(f"unknown target {target!r} for a compiled artifact "
+    if target != "host" and not target.startswith("rpc://"):
+        raise EdgefoldError(f"unknown target {target!r} for a compiled artifact "
                         "(available: host, rpc://TRACKER_HOST:PORT/KEY, estimate)")
+    with tempfile.TemporaryDirectory(prefix="edgefold-profile-") as scratch:  # a KV-cache decode graph goes here
+        references = References(folder / "model.onnx", Path(scratch))
+        if target == "host":
+            return _profile_host(folder, compiled, references, repeats, top)
+        return _profile_rpc(folder, compiled, references, target, repeats)
 
 
-def _profile_host(folder: Path, compiled: dict, repeats: int, top: int) -> dict[str, Any]:
+def _profile_host(folder: Path, compiled: dict, references: References, repeats: int, top: int) -> dict[str, Any]:
     from edgefold.targets.tvm.execute import HostLibrary
     from edgefold.targets.tvm.kernel_profile import kernel_profile
 
@@ -94,7 +94,7 @@ def _profile_host(folder: Path, compiled: dict, repeats: int, top: int) -> dict[
     shapes = {}
     for entry in compiled["buckets"]:
         with progress.step(f"profile {entry['label']} on host ({repeats} runs)"):
-            names, feeds = _shape_inputs(entry, meta)
+            names, feeds = _shape_inputs(entry, meta, references)
             library = HostLibrary(folder / entry["library"], folder / entry["weights"], names)
             args = [library._tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in names]
             main = library.vm["main"]
@@ -122,7 +122,7 @@ def parse_rpc_url(url: str) -> tuple[str, int, str]:
     return host, int(port), key
 
 
-def _profile_rpc(folder: Path, compiled: dict, url: str, repeats: int) -> dict[str, Any]:
+def _profile_rpc(folder: Path, compiled: dict, references: References, url: str, repeats: int) -> dict[str, Any]:
     import tvm
     from tvm import relax, rpc
 
@@ -141,7 +141,7 @@ def _profile_rpc(folder: Path, compiled: dict, url: str, repeats: int) -> dict[s
     shapes = {}
     for entry in compiled["buckets"]:
         with progress.step(f"profile {entry['label']} via {host}:{port}/{key} ({repeats} runs)"):
-            names, feeds = _shape_inputs(entry, meta)
+            names, feeds = _shape_inputs(entry, meta, references)
             library = folder / entry["library"]
             remote.upload(str(library))
             vm = relax.VirtualMachine(remote.load_module(library.name), device)
