@@ -1,0 +1,159 @@
+"""Benchmark: `fold` (Model Folding, data-free) vs magnitude vs random structured pruning.
+
+Every method runs through the fold pass's own code path (`method=fold|magnitude|random`),
+so the rows differ only in how channels are chosen and merged:
+
+- SmolLM2-135M, FFN channels at 10/20/30/50%: perplexity on 8192 Wikipedia tokens.
+- MiniLM-L6, FFN channels at the same ratios: Lee-pairs Spearman (and embedding cosine
+  to the fp32 model, since Spearman alone is noisy on 50 documents).
+- EfficientNet-Lite0, conv/BN channels at 10/20/30%: top-1 agreement and KL vs fp32.
+- The digits CNN, conv channels at 10/20/30%: accuracy on the held-out digits.
+
+Two comparisons, each with identical output shapes across its three methods:
+- automatic allocation (the pass default): the per-layer widths come from the data-free
+  allocator (a parameter budget: `ratio` of the folded structures' parameters), then
+  fold / magnitude / random choose and merge (or drop) channels within those widths;
+- uniform: every group loses the same share of its channels (for conv chains that is
+  more than `ratio` of the parameters, since both sides of a conv shrink).
+Attention folding is measured on its own on SmolLM2: one of its three key/value groups
+folded per layer (ratio 0.34).
+
+    .venv/bin/python bench/fold.py            # ~30 min on 2 cores
+    .venv/bin/python bench/fold.py --quick    # 1024 tokens, one ratio per model: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.common import Row, machine_lock, print_table, write_results  # noqa: E402
+from edgefold import onnx_io  # noqa: E402
+from edgefold.analysis import analyse  # noqa: E402
+from edgefold.evaluate import evaluate, primary_metric  # noqa: E402
+from edgefold.export import export_model  # noqa: E402
+from edgefold.model_stats import file_bytes, parameter_count  # noqa: E402
+from edgefold.passes.base import PassContext  # noqa: E402
+from edgefold.passes.registry import create_pass  # noqa: E402
+
+PLAN = {  # model -> (structure folded, ratios)
+    "smollm2-135m": ("ffn", [0.1, 0.2, 0.3, 0.5]),
+    "minilm-l6": ("ffn", [0.1, 0.2, 0.3, 0.5]),
+    "efficientnet-lite0": ("conv", [0.1, 0.2, 0.3]),
+    "digits-cnn": ("conv", [0.1, 0.2, 0.3]),
+}
+METHODS = (("fold", {"method": "fold"}),
+           ("magnitude", {"method": "magnitude"}),
+           ("random", {"method": "random"}),
+           ("fold uniform", {"method": "fold", "allocation": "uniform"}),
+           ("magnitude uniform", {"method": "magnitude", "allocation": "uniform"}),
+           ("random uniform", {"method": "random", "allocation": "uniform"}))
+
+
+def run_variant(handle, options: dict, out: Path, tokens: int):
+    model = onnx_io.load(handle.path)
+    graph_pass = create_pass("fold", options)
+    start = time.perf_counter()
+    outcome = graph_pass.run(model, PassContext(analysis=analyse(model), seed=0))
+    path = onnx_io.save(outcome.model, out / "model.onnx")
+    seconds = time.perf_counter() - start
+    onnx_io.check(path)
+    metrics = evaluate(path, reference_path=handle.path, tokens=tokens, task=handle.task, tokenizer=handle.tokenizer)
+    return path, outcome.stats, seconds, metrics
+
+
+def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: list[Row], extras: bool) -> None:
+    handle = export_model(name)
+    structure, _ = PLAN[name]
+    metric, _higher = primary_metric(handle.task)
+    base_metrics = evaluate(handle.path, reference_path=handle.path, tokens=tokens, task=handle.task,
+                            tokenizer=handle.tokenizer)
+    base = base_metrics[metric]
+    rows.append(Row(name, "fp32", "0%", metric, base, parameter_count(onnx_io.load(handle.path)),
+                    file_bytes(handle.path), extra={"metrics": base_metrics}))
+    reference_embeddings = embeddings(handle.path) if metric == "lee_spearman" else None
+
+    variants = [(method, ratio, {"ratio": ratio, "structures": [structure], **options})
+                for ratio in ratios for method, options in METHODS]
+    if extras and name == "smollm2-135m":
+        variants += [("fold attention (kv groups)", 0.34, {"ratio": 0.34, "structures": ["attention"]}),
+                     ("magnitude attention (kv groups)", 0.34,
+                      {"ratio": 0.34, "structures": ["attention"], "method": "magnitude"})]
+    for index, (method, ratio, options) in enumerate(variants):
+        setting = f"{ratio:.0%}"
+        path, stats, seconds, metrics = run_variant(handle, options, work / f"{name}-{index}", tokens)
+        size, count = file_bytes(path), parameter_count(onnx_io.load(path))
+        extra = {"metrics": metrics, f"{metric}_vs_fp32": metrics[metric] / base if base else None,
+                 "kept": {group: keep for group, (_width, keep) in stats["groups"].items()},
+                 "structures": options["structures"]}
+        if reference_embeddings is not None:
+            extra["embedding_cosine_vs_fp32"] = float((embeddings(path) * reference_embeddings).sum(axis=1).mean())
+        rows.append(Row(name, method, setting, metric, metrics[metric], count, size, round(seconds, 2), extra))
+        print(f"{name} {method} {setting}: {metric} {metrics[metric]:.4g} "
+              f"({count:,} params, {size / 1e6:.1f} MB, fold {seconds:.1f}s)", flush=True)
+
+
+def embeddings(path: Path):
+    """L2-normalised embeddings of the 50 Lee documents."""
+    from edgefold.evaluate.data import lee_documents
+    from edgefold.evaluate.similarity import embed
+
+    return embed(onnx_io.session(path), onnx_io.metadata(path)["edgefold.tokenizer"], lee_documents())
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PLAN), figsize=(5 * len(PLAN), 4))
+    for axis, name in zip(axes, PLAN):
+        model_rows = [r for r in rows if r.model == name]
+        if not model_rows:
+            continue
+        metric = model_rows[0].metric
+        for method, _ in METHODS:
+            points = sorted((float(r.setting.rstrip("%")), r.value) for r in model_rows if r.method == method)
+            if points:
+                axis.plot(*zip(*points), marker="o", label=method)
+        axis.axhline(model_rows[0].value, color="grey", linestyle="--", label="fp32")
+        if metric == "perplexity":
+            axis.set_yscale("log")
+        axis.set_xlabel("channels removed (%)")
+        axis.set_ylabel(metric)
+        axis.set_title(name)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default=",".join(PLAN))
+    args = parser.parse_args()
+    tokens = 1024 if args.quick else 8192
+    rows: list[Row] = []
+    from threadpoolctl import threadpool_limits
+
+    with machine_lock(), tempfile.TemporaryDirectory(prefix="bench-fold-") as tmp, threadpool_limits(2):
+        for name in args.models.split(","):
+            ratios = PLAN[name][1][1:2] if args.quick else PLAN[name][1]
+            bench_model(name, ratios, tokens, Path(tmp), rows, extras=not args.quick)
+    name = "fold-quick" if args.quick else "fold"
+    path = write_results(name, rows)
+    plot(rows, path.with_suffix(".png"))
+    print_table("fold: data-free folding vs magnitude vs random", rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
