@@ -81,3 +81,12 @@ def print_table(title: str, rows: list[Row]) -> None:
                       f"{row.file_bytes / 1e6:.1f}" if row.file_bytes is not None else "",
                       f"{row.seconds:.2f}" if row.seconds is not None else "")
     Console().print(table)
+
+
+def lee_embeddings(path: Path):
+    """L2-normalised embeddings of the 50 Lee documents (how close an encoder stays to another)."""
+    from edgefold import onnx_io
+    from edgefold.evaluate.data import lee_documents
+    from edgefold.evaluate.similarity import embed
+
+    return embed(onnx_io.session(path), onnx_io.metadata(path)["edgefold.tokenizer"], lee_documents())

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import Row, machine_lock, print_table, write_results  # noqa: E402
+from bench.common import Row, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
 from edgefold import onnx_io  # noqa: E402
 from edgefold.analysis import analyse  # noqa: E402
 from edgefold.evaluate import evaluate, primary_metric  # noqa: E402
@@ -98,14 +98,6 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
         rows.append(Row(name, method, setting, metric, metrics[metric], count, size, round(seconds, 2), extra))
         print(f"{name} {method} {setting}: {metric} {metrics[metric]:.4g} "
               f"({count:,} params, {size / 1e6:.1f} MB, fold {seconds:.1f}s)", flush=True)
-
-
-def embeddings(path: Path):
-    """L2-normalised embeddings of the 50 Lee documents."""
-    from edgefold.evaluate.data import lee_documents
-    from edgefold.evaluate.similarity import embed
-
-    return embed(onnx_io.session(path), onnx_io.metadata(path)["edgefold.tokenizer"], lee_documents())
 
 
 def plot(rows: list[Row], path: Path) -> None:

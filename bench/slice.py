@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import Row, machine_lock, print_table, write_results  # noqa: E402
+from bench.common import Row, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
 from edgefold import onnx_io  # noqa: E402
 from edgefold.analysis import analyse  # noqa: E402
 from edgefold.evaluate import evaluate  # noqa: E402
@@ -100,14 +100,6 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
         print(f"{name} {method} {setting}: {metric} {metrics[metric]:.4g}, KS {stats['mean_ks']:.4f}, "
               + (f"cosine {cosine:.4f}, " if reference_embeddings is not None else "")
               + f"{seconds:.1f}s", flush=True)
-
-
-def embeddings(path: Path):
-    """L2-normalised embeddings of the 50 Lee documents."""
-    from edgefold.evaluate.data import lee_documents
-    from edgefold.evaluate.similarity import embed
-
-    return embed(onnx_io.session(path), onnx_io.metadata(path)["edgefold.tokenizer"], lee_documents())
 
 
 def plot(rows: list[Row], path: Path) -> None:
