@@ -202,8 +202,11 @@ def compile_into(folder: Path, recipe: Recipe, base_dir: Path) -> dict[str, Any]
     from edgefold.recipe import resolve_relative
     from edgefold.targets.tvm import compile_model
 
+    seqs = recipe.compile.seqs
+    if seqs is None and onnx_io.metadata(folder / "model.onnx").get("edgefold.task") == "causal-lm":
+        seqs = [1]  # decode only: an untuned prefill library costs minutes to check and time
     return compile_model(folder, resolve_relative(recipe.profile, base_dir) or recipe.profile, output=folder,
-                         trials=recipe.compile.trials, seqs=recipe.compile.seqs, kv_cache=recipe.compile.kv_cache)
+                         trials=recipe.compile.trials, seqs=seqs, kv_cache=recipe.compile.kv_cache)
 
 
 def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,

@@ -58,7 +58,9 @@ class CompileSettings(pydantic.BaseModel):
     # Tuning trials per shape. 0 (untuned) keeps the default build to minutes on a
     # 2-core machine; the profile's `tuning_trials` is the budget for a real deployment.
     trials: int = pydantic.Field(default=0, ge=0)
-    seqs: list[int] | None = None  # sequence lengths of text models (default: 1 and 128 for LMs)
+    # Sequence lengths of text models. Default: LMs decode only (the step they repeat; [1, 128]
+    # adds a 128-token prefill library, ~20 s per call untuned on 2 cores), encoders 128.
+    seqs: list[int] | None = None
     kv_cache: int = pydantic.Field(default=256, ge=0)  # LM decode: KV-cache slots (0: no cache)
 
 

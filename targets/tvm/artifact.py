@@ -158,7 +158,8 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
         prepared = lowering.prepare(imported.mod)
         weights = transform_weights(lowering.only(prepared, "main_transform_params"), imported.weights)
         del imported.weights
-        device_mod, weights, names = lowering.bind_small_weights(lowering.only(prepared, "main"), weights)
+        device_mod, weights, names = lowering.bind_small_weights(lowering.only(prepared, "main"), weights,
+                                                                 source_names=set(imported.weight_names))
         device_mod = lowering.finish(device_mod, target)
         timing["import_s"] = round(time.perf_counter() - t, 2)
 

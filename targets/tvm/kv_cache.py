@@ -221,6 +221,60 @@ def _rope_angles(graph: ir.Graph) -> ir.Node:
     raise EdgefoldError("kv-cache: RoPE angles are not MatMul(inv_freq[1, d/2, 1], positions[b, 1, s])")
 
 
+def _analysable_copy(model_path: Path) -> ir.Model:
+    """A copy of the model that graph analysis can read when weights are stored low-bit.
+
+    Analysis recognises linears by an initializer weight. After the quantize pass a
+    MatMul reads `DequantizeLinear(...)` (possibly with Reshape/Add/Transpose/Cast
+    around it) instead, or is onnxruntime's `MatMulNBits`; here every such weight
+    computed from constants alone is replaced by a zero initializer of its shape (and a
+    MatMulNBits by a MatMul of the same name). Analysis only reports node names, which
+    are the same in the real graph, so the rewrite then acts on the real (low-bit) graph.
+    """
+    import onnx
+
+    proto = onnx.shape_inference.infer_shapes(onnx_io.load_proto(model_path))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info}
+    model = onnx_io.load(model_path)
+    constant: dict[int, bool] = {}
+
+    def from_constants(value: ir.Value) -> bool:
+        if value.is_initializer() or value.const_value is not None:
+            return True
+        node = value.producer()
+        if node is None:
+            return False
+        if id(value) not in constant:
+            constant[id(value)] = all(v is None or from_constants(v) for v in node.inputs)
+        return constant[id(value)]
+
+    for node in list(model.graph):
+        if node.op_type == "MatMulNBits":  # onnxruntime's 4-bit linear: a plain MatMul of the same name
+            k, n = node.attributes.get_int("K"), node.attributes.get_int("N")
+            zeros = ir.Value(name=f"{node.name}__analysis_weight", shape=ir.Shape([k, n]),
+                             type=ir.TensorType(ir.DataType.FLOAT),
+                             const_value=ir.Tensor(np.zeros((k, n), np.float32), name=f"{node.name}__analysis_weight"))
+            model.graph.register_initializer(zeros)
+            name = node.name
+            node.name = f"{name}__replaced"
+            matmul = ir.node("MatMul", [node.inputs[0], zeros], name=name)
+            model.graph.insert_before(node, matmul)
+            ir.convenience.replace_all_uses_with(node.outputs[0], matmul.outputs[0])
+            model.graph.remove(node, safe=True)
+            continue
+        if node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        weight = node.inputs[1]
+        shape = shapes.get(weight.name)
+        if weight.producer() is None or not shape or 0 in shape or not from_constants(weight):
+            continue
+        stand_in = ir.Value(name=f"{weight.name}__analysis", shape=ir.Shape(shape), type=ir.TensorType(ir.DataType.FLOAT),
+                            const_value=ir.Tensor(np.zeros(shape, np.float32), name=f"{weight.name}__analysis"))
+        model.graph.register_initializer(stand_in)
+        node.replace_input_with(1, stand_in)
+    return model
+
+
 def make_decode_graph(model_path: Path, out_path: Path, cache_len: int) -> dict:
     """Write a one-token decode graph with a fixed `cache_len` KV cache; returns stats."""
     from edgefold.analysis import analyse
@@ -235,7 +289,7 @@ def make_decode_graph(model_path: Path, out_path: Path, cache_len: int) -> dict:
         raise EdgefoldError(f"kv-cache: expected a causal LM with the single input input_ids (inputs: {names})")
     if not graph.outputs or graph.outputs[0].name != "logits":
         raise EdgefoldError("kv-cache: expected the causal LM's first output to be logits")
-    attentions = analyse(model).attentions
+    attentions = analyse(_analysable_copy(model_path)).attentions
     if not attentions:
         raise EdgefoldError("kv-cache: no attention blocks found; not a supported causal LM")
 
@@ -314,10 +368,14 @@ def make_decode_graph(model_path: Path, out_path: Path, cache_len: int) -> dict:
     graph.sort()
     common_passes.RemoveUnusedNodesPass()(model)
     shapes = {"input_ids": (1, 1), "position": (1,)}
+    vocab = graph.outputs[0].shape[-1] if graph.outputs[0].shape is not None else None
     make_static(model, shapes)  # resets output shapes: set the known cache shapes again
     for value, shape in zip(new_outputs, present_shapes):
         value.shape = ir.Shape(shape)
         value.type = ir.TensorType(ir.DataType.FLOAT)
+    logits = graph.outputs[0]
+    if isinstance(vocab, int) and (logits.shape is None or not all(isinstance(d, int) for d in logits.shape)):
+        logits.shape = ir.Shape([1, 1, vocab])  # contrib ops (MatMulNBits) have no ONNX shape inference
     common_passes.RemoveUnusedNodesPass()(model)
     dynamic = [v.name for v in list(graph.inputs) + list(graph.outputs)
                if v.shape is None or any(not isinstance(d, int) for d in v.shape)]

@@ -62,12 +62,19 @@ def prepare(mod) -> object:
     return seq(mod)
 
 
-def bind_small_weights(device_mod, weights: list, limit_bytes: int = 1 << 16):
+DERIVED_LIMIT_BYTES = 4 << 20
+
+
+def bind_small_weights(device_mod, weights: list, limit_bytes: int = 1 << 16,
+                       source_names: set[str] | None = None):
     """Turn transformed weights under `limit_bytes` into library constants.
 
     Small weight-only values (rotary tables of a prefill shape, reshaped norm scales)
     then live in each shape's library, and the weight file holds only the large
-    weights, the same bytes for every shape, so buckets share one file.
+    weights, the same bytes for every shape, so buckets share one file. Values that
+    are not model weights (`source_names`) but computed at compile time for one shape,
+    such as a prefill bucket's causal mask, are bound up to DERIVED_LIMIT_BYTES, for the
+    same reason.
     Returns (module, kept weights in parameter order, their names).
     """
     import tvm
@@ -78,7 +85,8 @@ def bind_small_weights(device_mod, weights: list, limit_bytes: int = 1 << 16):
     params = list(main.params)[num_inputs:]
     bound, kept, names = {}, [], []
     for var, array in zip(params, weights):
-        if array.nbytes < limit_bytes:
+        derived = source_names is not None and var.name not in source_names
+        if array.nbytes < limit_bytes or (derived and array.nbytes <= DERIVED_LIMIT_BYTES):
             bound[var] = tvm.runtime.tensor(array)
         else:
             kept.append(array)
