@@ -149,12 +149,18 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
 
     timing: dict[str, Any] = {}
     label = bucket.label
+    notes: list[str] = []
     model_path = references.graph_for(bucket.kv_cache)
     if bucket.kv_cache:
         bucket = decode_bucket(model_path, bucket.kv_cache)
     with progress.step(f"import {label} ({bucket.describe()})"):
         t = time.perf_counter()
-        imported = import_bucket(model_path, bucket, scratch)
+        try:
+            imported = import_bucket(model_path, bucket, scratch)
+        except EdgefoldError as error:
+            if not bucket.kv_cache:
+                raise
+            raise EdgefoldError(f"{error} (with --kv-cache 0 decode compiles without a KV cache)") from None
         prepared = lowering.prepare(imported.mod)
         weights = transform_weights(lowering.only(prepared, "main_transform_params"), imported.weights)
         del imported.weights
@@ -174,7 +180,7 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
         progress.info(f"    reused tuning records of all {outcome.tasks} kernels ({database.folder})")
     timing["tuning"] = {k: v for k, v in outcome.__dict__.items() if k != "database"}
 
-    notes = [f"not tuned: {outcome.skipped}"] if outcome.skipped else []
+    notes += [f"not tuned: {outcome.skipped}"] if outcome.skipped else []
     schedules = database
     if not _has_records(database) and outcome.skipped.startswith("no device") and kind == "aarch64":
         host = _host_database(label)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from edgefold.errors import EdgefoldError
@@ -32,6 +33,9 @@ _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 def collapse_decoders(model: ir.Model) -> dict[str, int]:
     """Rewrite `model` in place; returns how many weights of each kind were collapsed."""
     counts: dict[str, int] = {}
+    folded = _fold_quantized_scales(model)
+    if folded:
+        counts["8-bit scales/minimums"] = folded
     # Dequantization first: its fp16 scales sit behind Casts that are not fp16 weights.
     for node in list(model.graph):
         kind = None
@@ -49,6 +53,40 @@ def collapse_decoders(model: ir.Model) -> dict[str, int]:
         model.opset_imports[DOMAIN] = 1
         _remove_dead(model)
     return counts
+
+
+def _fold_quantized_scales(model: ir.Model) -> int:
+    """Double quantization: a weight's block scales (or the block minimums of the `min`
+    scheme) stored as 8-bit codes times a step: `DequantizeLinear(codes, step)` feeding
+    the weight's DequantizeLinear scale, or the Add of the min chain. They are small (one
+    per block), so they are evaluated here and kept as float32, a form the decode kernel
+    reads. Returns how many were folded."""
+    from onnx.reference import ReferenceEvaluator
+
+    folded = 0
+    for node in list(model.graph):
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        if not all(v is None or v.const_value is not None for v in node.inputs):
+            continue
+        readers = list(node.outputs[0].uses())
+        side_tensor = all((u.op_type == "DequantizeLinear" and index == 1) or u.op_type == "Add" for u, index in readers)
+        if not readers or not side_tensor:  # a weight itself (read by MatMul/Gather/...) is collapsed below
+            continue
+        proto = ir.serde.serialize_node(node)
+        inputs = {v.name: v.const_value.numpy() for v in node.inputs if v is not None}
+        graph_model = onnx.helper.make_model(
+            onnx.helper.make_graph([proto], "scale", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
+                                                      for n in inputs], [onnx.helper.make_tensor_value_info(
+                                                          proto.output[0], onnx.TensorProto.UNDEFINED, None)]),
+            opset_imports=[onnx.helper.make_opsetid("", 21)])
+        (scale,) = ReferenceEvaluator(graph_model).run(None, inputs)
+        value = _initializer(model, f"{node.outputs[0].name}.folded", np.asarray(scale, dtype=np.float32))
+        node.outputs[0].replace_all_uses_with(value)
+        folded += 1
+    if folded:
+        _remove_dead(model)
+    return folded
 
 
 # ---------------------------------------------------------------- reading constants
