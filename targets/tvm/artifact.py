@@ -114,7 +114,7 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
                               f"reused the finished build ({folder})")
             else:
                 entry, timing = _compile_bucket(bucket, references, device, target, kind, family, budget, rpc,
-                                                scratch, staging, weight_files)
+                                                scratch, staging, weight_files, model_digest)
                 if check and kind == "x86_64":
                     entry["fidelity"], _ = _check_host(staging, entry, meta, references)
                 files = {name: staging / name for name in (entry["library"], *entry["extra"], entry["weights"])}
@@ -139,7 +139,7 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
 
 
 def _compile_bucket(bucket, references, device, target, kind, family, budget, rpc, scratch, staging,
-                    weight_files) -> tuple[dict, dict]:
+                    weight_files, model_digest: str) -> tuple[dict, dict]:
     from edgefold.targets.tvm import lowering
     from edgefold.targets.tvm.build import compile_executable, export, transform_weights
     from edgefold.targets.tvm.importer import import_bucket
@@ -169,7 +169,7 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
         device_mod = lowering.finish(device_mod, target)
         timing["import_s"] = round(time.perf_counter() - t, 2)
 
-    database = TuningDatabase.for_bucket(device.name, str(target), label)
+    database = TuningDatabase.for_bucket(device.name, str(target), _database_label(label, model_digest))
     measurement = Measurement(rpc=rpc, family=family)
     cross = device.cross_compiler if kind == "aarch64" else None
     with progress.step(f"tune {label}"):
@@ -183,7 +183,7 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
     notes += [f"not tuned: {outcome.skipped}"] if outcome.skipped else []
     schedules = database
     if not _has_records(database) and outcome.skipped.startswith("no device") and kind == "aarch64":
-        host = _host_database(label)
+        host = _host_database(_database_label(label, model_digest))
         if host is not None and _has_records(host):
             schedules = host
             notes.append("CPU schedules transferred from this machine's host tuning database "
@@ -224,6 +224,13 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
 
 def _has_records(database) -> bool:
     return database.record_path.exists() and database.record_path.stat().st_size > 0
+
+
+def _database_label(label: str, model_digest: str) -> str:
+    """One database per model and shape. Sharing one across models made MetaSchedule fail to
+    open it: two kernels can hash alike yet name their blocks differently, and a record of
+    one does not replay on the other's stored workload."""
+    return f"{label}-{model_digest[:12]}"
 
 
 def _host_database(label: str):
@@ -277,8 +284,8 @@ def _bucket_key(model_digest: str, bucket, device, target, budget: int, check: b
     from edgefold.targets.tvm.environment import tool_versions
     from edgefold.targets.tvm.tuning import TuningDatabase
 
-    database = TuningDatabase.for_bucket(device.name, str(target), bucket.label)
-    host = _host_database(bucket.label)  # what an untunable CPU target may borrow
+    database = TuningDatabase.for_bucket(device.name, str(target), _database_label(bucket.label, model_digest))
+    host = _host_database(_database_label(bucket.label, model_digest))  # what an untunable CPU target may borrow
     borrowed = build_cache.file_digest(host.record_path) if host is not None else "none"
     return build_cache.build_key(model=model_digest, bucket={**bucket.to_json(), "check": check, "host": borrowed},
                                  profile=device.model_dump(mode="json"), target=str(target), budget=budget,
