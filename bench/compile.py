@@ -156,7 +156,7 @@ def tvm_rows(rows: list[Row], name: str, path: Path, setting: str, trials: int, 
                 folder = Path(out) / "a"
                 references = References(folder / "model.onnx", Path(out) / "references")
                 for entry in manifest["compile"]["buckets"]:
-                    library = HostLibrary(folder / entry["library"], folder / entry["weights"], list(entry["inputs"]))
+                    library = HostLibrary(folder / entry["library"], folder / entry["weights"], entry.get("input_order") or list(entry["inputs"]))
                     feeds = references.inputs(entry, manifest["compile"]["model"])
                     ms = library.latency_ms(feeds, repeats)
                     rows.append(Row(name, method, f"{setting} {entry['label']}", "latency_ms", ms,

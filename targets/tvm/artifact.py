@@ -207,6 +207,7 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
     entry = {
         "label": label,
         "inputs": {n: {"shape": list(bucket.shapes[n]), "dtype": bucket.dtypes[n]} for n in bucket.shapes},
+        "input_order": list(bucket.shapes),  # the library's argument order (the manifest sorts keys)
         "library": f"lib/{label}.so",
         "extra": [f"lib/{p.name}" for p in library.extra],
         "weights": weight_files[digest],
@@ -249,8 +250,9 @@ def _host_database(label: str):
 def _bucket_of(entry: dict):
     from edgefold.targets.tvm.buckets import Bucket
 
-    return Bucket(entry["label"], {k: tuple(v["shape"]) for k, v in entry["inputs"].items()},
-                  {k: v["dtype"] for k, v in entry["inputs"].items()}, int(entry.get("kv_cache", 0)))
+    order = entry.get("input_order") or list(entry["inputs"])
+    return Bucket(entry["label"], {k: tuple(entry["inputs"][k]["shape"]) for k in order},
+                  {k: entry["inputs"][k]["dtype"] for k in order}, int(entry.get("kv_cache", 0)))
 
 
 def _check_host(staging: Path, entry: dict, meta: dict, references) -> tuple[dict, dict]:

@@ -157,7 +157,7 @@ def run_under_qemu(runner: Path, library: Path, weights: Path, feeds: dict[str, 
 def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, count: int | None = None,
                  buckets: list[str] | None = None) -> dict:
     """Run every bucket of an artifact on its check inputs; returns per-bucket results."""
-    from edgefold.targets.tvm.buckets import Bucket
+    from edgefold.targets.tvm.artifact import _bucket_of
 
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
@@ -181,8 +181,7 @@ def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, 
         for entry in compiled["buckets"]:
             if buckets and entry["label"] not in buckets:
                 continue
-            bucket = Bucket(entry["label"], {k: tuple(v["shape"]) for k, v in entry["inputs"].items()},
-                            {k: v["dtype"] for k, v in entry["inputs"].items()}, int(entry.get("kv_cache", 0)))
+            bucket = _bucket_of(entry)
             pairs = references.check_sets(entry, meta, count or entry["check_count"])
             library, weights = folder / entry["library"], folder / entry["weights"]
             names = list(bucket.shapes)

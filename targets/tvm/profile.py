@@ -50,7 +50,9 @@ def is_compiled_artifact(folder: Path) -> bool:
 
 
 def _shape_inputs(entry: dict, meta: dict, references) -> tuple[list[str], dict[str, np.ndarray]]:
-    return list(entry["inputs"]), references.inputs(entry, meta)
+    from edgefold.targets.tvm.artifact import _bucket_of
+
+    return list(_bucket_of(entry).shapes), references.inputs(entry, meta)
 
 
 def _tokens(entry: dict, meta: dict) -> int | None:
