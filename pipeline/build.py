@@ -187,7 +187,7 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
             )
             write_json(staging / MANIFEST_FILE, manifest)
             if recipe.compile.enabled:
-                manifest = compile_into(staging, recipe, base_dir)
+                manifest = compile_into(staging, recipe, base_dir, final=out_dir)
             result = _finish(staging, manifest, recipe, handle, records=records, layers=layers, start=start,
                              reused=False, report_dir=out_dir)
     result.output = out_dir
@@ -197,7 +197,7 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     return result
 
 
-def compile_into(folder: Path, recipe: Recipe, base_dir: Path) -> dict[str, Any]:
+def compile_into(folder: Path, recipe: Recipe, base_dir: Path, final: Path | None = None) -> dict[str, Any]:
     """TVM-compile the build folder in place; returns the manifest with its `compile` section."""
     from edgefold.recipe import resolve_relative
     from edgefold.targets.tvm import compile_model
@@ -206,7 +206,7 @@ def compile_into(folder: Path, recipe: Recipe, base_dir: Path) -> dict[str, Any]
     if seqs is None and onnx_io.metadata(folder / "model.onnx").get("edgefold.task") == "causal-lm":
         seqs = [1]  # decode only: an untuned prefill library costs minutes to check and time
     return compile_model(folder, resolve_relative(recipe.profile, base_dir) or recipe.profile, output=folder,
-                         trials=recipe.compile.trials, seqs=seqs, kv_cache=recipe.compile.kv_cache)
+                         trials=recipe.compile.trials, seqs=seqs, kv_cache=recipe.compile.kv_cache, announce_as=final)
 
 
 def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,

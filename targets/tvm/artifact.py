@@ -59,7 +59,8 @@ def resolve_model(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
 def compile_model(model: str | Path, profile: str = "host", *, output: Path | None = None,
                   seqs: list[int] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
                   trials: int | None = None, rpc: str | None = None, check: bool = True,
-                  latency: bool = True, reuse: bool = True, kv_cache: int | None = None) -> dict[str, Any]:
+                  latency: bool = True, reuse: bool = True, kv_cache: int | None = None,
+                  announce_as: Path | None = None) -> dict[str, Any]:
     """Compile, tune (reusing the database), build and write the artifact; returns the manifest.
 
     `reuse=False` ignores finished builds in the cache (the tuning database is still used).
@@ -131,7 +132,7 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
         write_json(staging / MANIFEST_FILE, manifest)
         report["seconds_total"] = round(time.perf_counter() - start, 2)
         write_json(staging / REPORT_FILE, report)
-    _print_summary(out_dir, manifest, report)
+    _print_summary(announce_as or out_dir, manifest, report)  # a build names its final folder, not its staging
     return manifest
 
 
