@@ -40,13 +40,9 @@ COMPRESSED = ("fold:ratio=0.1", "quantize:avg_bits=4.5")  # the issue's "fold + 
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    from edgefold.latency import time_calls
+
+    return statistics.median(time_calls(fn, repeats))
 
 
 def copy_bandwidth_gbps(megabytes: int = 512, repeats: int = 5) -> float:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import numpy as np
 
 from edgefold import onnx_io
 from edgefold.errors import EdgefoldError
+from edgefold.latency import summarize_ms, time_calls
 from edgefold.models.metadata import Task, model_task
 
 PREFILL_TOKENS = 128
@@ -68,12 +67,7 @@ def profile_onnxruntime(model_path: Path, feeds: dict[str, np.ndarray], *, repea
         names = [o.name for o in session.get_outputs()]
         wanted = {i.name for i in session.get_inputs()}
         feeds = {k: v for k, v in feeds.items() if k in wanted}
-        session.run(names, feeds)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            session.run(names, feeds)
-            times.append((time.perf_counter() - start) * 1e3)
+        times = time_calls(lambda: session.run(names, feeds), repeats)
         trace = json.loads(Path(session.end_profiling()).read_text())
     per_node: dict[tuple[str, str], float] = defaultdict(float)
     for event in trace:
@@ -84,9 +78,7 @@ def profile_onnxruntime(model_path: Path, feeds: dict[str, np.ndarray], *, repea
     labels = _node_labels(model_path)
     kernels = [{"name": labels.get(name, name), "node": name, "op": op, "ms": ms / (repeats + 1), "share": ms / total}
                for (name, op), ms in sorted(per_node.items(), key=lambda item: -item[1])[:top]]
-    times.sort()
-    return {"kind": "measured", "median_ms": statistics.median(times),
-            "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))], "min_ms": times[0], "repeats": repeats,
+    return {"kind": "measured", **summarize_ms(times),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "kernels": kernels,
             "tokens": _tokens(feeds)}
 

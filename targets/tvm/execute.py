@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +119,9 @@ def _flatten(result) -> list:
 
 
 def _median_ms(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    from edgefold.latency import time_calls
+
+    return statistics.median(time_calls(call, repeats))
 
 
 def onnxruntime_latency_ms(session, feeds: dict[str, np.ndarray], repeats: int = 5) -> float:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import resource
 import socket
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 
 from edgefold import progress
 from edgefold.errors import EdgefoldError
+from edgefold.latency import summarize_ms, time_calls
 from edgefold.targets.tvm.references import References
 
 DEFAULT_TOP = 15
@@ -62,9 +61,7 @@ def _tokens(entry: dict, meta: dict) -> int | None:
 
 
 def _summary(times_ms: list[float], tokens: int | None) -> dict[str, Any]:
-    ordered = sorted(times_ms)
-    result = {"median_ms": statistics.median(ordered), "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-              "min_ms": ordered[0], "repeats": len(ordered)}
+    result: dict[str, Any] = summarize_ms(times_ms)
     if tokens:
         result["tokens"] = tokens
         result["tokens_per_s"] = tokens / (result["median_ms"] / 1e3)
@@ -100,12 +97,7 @@ def _profile_host(folder: Path, compiled: dict, references: References, repeats:
             library = HostLibrary(folder / entry["library"], folder / entry["weights"], names)
             args = [library._tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in names]
             main = library.vm["main"]
-            main(*args, *library.weights)  # warm-up
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                main(*args, *library.weights)
-                times.append((time.perf_counter() - start) * 1e3)
+            times = time_calls(lambda: main(*args, *library.weights), repeats)
             breakdown = kernel_profile(library, feeds, repeats=max(1, min(3, repeats)))
         shapes[entry["label"]] = {"kind": "measured", **_summary(times, _tokens(entry, meta)),
                                   "kernels": breakdown["kernels"][:top],
