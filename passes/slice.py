@@ -22,8 +22,10 @@ Per-layer ratios (`allocation`): `uniform`, explicit `ratios=[...]`, or `spectru
 each layer is probed by slicing `probe` of its channels with the method's own
 ranking and measuring the KS distance of the spectrum of its FFN1 matrix (the norm
 scale folded in); layers whose spectrum moves more get a smaller share of the global
-budget (share ~ KS^-sharpness). Kept widths are rounded to `multiple` channels
-(the device profile's channel_multiple when there is one).
+budget (share ~ KS^-sharpness), at most `max_ratio` per layer. Kept widths are
+rounded to `multiple` channels (the device profile's channel_multiple when there is one).
+The cap matters: on SmolLM2 (2048 tokens) 0.45 against 0.6 gives perplexity 45.1 vs 53.6
+at 20% and 67.7 vs 85.8 at 30%; the KS probe alone over-spends the flat middle layers.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from edgefold.atomic import cache_root
 from edgefold.errors import EdgefoldError
 from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
 from edgefold.passes.common.ffn_channels import remap_ffn, selection_maps
+from edgefold.passes.common.ffn_importance import concentration_prior as ffn_concentration_prior
+from edgefold.passes.common.ffn_importance import standardise as _standardise
 from edgefold.passes.common.initializers import array, node_by_name
 from edgefold.passes.registry import register_pass
 from edgefold.passes.common.prune_policy import (
@@ -73,7 +77,8 @@ class SliceConfig(PassConfig):
     multiple: int | None = pydantic.Field(None, ge=1, description="kept widths are multiples of this (default: profile, else 8)")
     probe: float = pydantic.Field(PROBE_RATIO, gt=0.0, lt=1.0, description="slice ratio used to probe layer sensitivity")
     sharpness: float = pydantic.Field(8.0, ge=0.0, description="layer share ~ KS^-sharpness under `spectrum` allocation")
-    max_ratio: float = pydantic.Field(0.6, gt=0.0, lt=1.0, description="cap on one layer's ratio under `spectrum`")
+    max_ratio: float = pydantic.Field(0.45, gt=0.0, lt=1.0,
+                                      description="cap on one layer's ratio under `spectrum` (raised to ratio + 0.05 when lower)")
     seed: int | None = pydantic.Field(None, description="overrides the build seed")
 
     @pydantic.field_validator("ratios")
@@ -150,23 +155,9 @@ def ffn_views(model: ir.Model, groups) -> list[FfnView]:
 
 # --- ranking -------------------------------------------------------------------------------
 
-def _standardise(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    spread = values.std()
-    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
-
-
-def concentration(rows: np.ndarray) -> np.ndarray:
-    """log(||r||_4 / ||r||_2) per row: high when a row's energy sits on few coordinates."""
-    rows = np.asarray(rows, dtype=np.float64)
-    l2 = np.sqrt((rows**2).sum(axis=1)).clip(1e-30)
-    l4 = ((rows**4).sum(axis=1) ** 0.25).clip(1e-30)
-    return np.log(l4 / l2)
-
-
 def concentration_prior(view: FfnView) -> np.ndarray:
-    """Sum of the concentrations of every producer row and the W_down column."""
-    return sum(concentration(rows) for rows in view.producers) + concentration(view.down)
+    """The structural prior (passes/common/ffn_importance.py) of one FFN's channels."""
+    return ffn_concentration_prior(view.producers, view.down)
 
 
 def magnitude_scores(view: FfnView) -> np.ndarray:
@@ -362,7 +353,9 @@ class SlicePass(GraphPass):
                           for v, s in zip(views, scores)])
         weights = np.power(np.clip(probe / probe.mean(), 1e-6, None), -config.sharpness)
         budget = config.ratio * widths.sum()
-        return water_fill(weights, widths, budget, config.max_ratio)
+        # A cap below the global ratio would make the budget infeasible: keep a little room above it.
+        cap = max(config.max_ratio, min(0.95, config.ratio + 0.05))
+        return water_fill(weights, widths, budget, cap)
 
 
 def _model_label(views: list[FfnView]) -> str:
