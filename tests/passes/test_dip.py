@@ -15,6 +15,7 @@ from edgefold.errors import EdgefoldError
 from edgefold.passes.base import PassContext
 from edgefold.passes.registry import create_pass
 from edgefold.simulate.masking import keep_count, topk_mask
+from swiglu_graphs import swiglu_block
 
 
 def tiny_gated_mlps(path, hidden=8, intermediate=12, layers=2, seed=0):
@@ -23,22 +24,10 @@ def tiny_gated_mlps(path, hidden=8, intermediate=12, layers=2, seed=0):
     nodes, inits, weights = [], [], []
     x = "x"
     for layer in range(layers):
-        mats = {name: (rng.standard_normal(shape) * 0.5).astype(np.float32)
-                for name, shape in [("g", (hidden, intermediate)), ("u", (hidden, intermediate)),
-                                    ("d", (intermediate, hidden))]}
+        block_nodes, block_inits, mats, x = swiglu_block(f"l{layer}", x, hidden, intermediate, rng)
+        nodes += block_nodes
+        inits += block_inits
         weights.append(mats)
-        inits += [numpy_helper.from_array(w, f"l{layer}.{name}") for name, w in mats.items()]
-        p = f"l{layer}"
-        nodes += [
-            helper.make_node("MatMul", [x, f"{p}.g"], [f"{p}.gate"], name=f"{p}.gate_proj"),
-            helper.make_node("MatMul", [x, f"{p}.u"], [f"{p}.up"], name=f"{p}.up_proj"),
-            helper.make_node("Sigmoid", [f"{p}.gate"], [f"{p}.sig"], name=f"{p}.sigmoid"),
-            helper.make_node("Mul", [f"{p}.gate", f"{p}.sig"], [f"{p}.silu"], name=f"{p}.silu"),
-            helper.make_node("Mul", [f"{p}.silu", f"{p}.up"], [f"{p}.h"], name=f"{p}.glu"),
-            helper.make_node("MatMul", [f"{p}.h", f"{p}.d"], [f"{p}.y"], name=f"{p}.down_proj"),
-            helper.make_node("Add", [x, f"{p}.y"], [f"{p}.out"], name=f"{p}.residual"),
-        ]
-        x = f"{p}.out"
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", hidden])],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["b", "s", hidden])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)

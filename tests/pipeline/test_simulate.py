@@ -25,6 +25,7 @@ from edgefold.simulate import (
 from edgefold.simulate.cache import priority_fraction
 from edgefold.simulate.engine import Masker
 from edgefold.simulate.segments import SegmentedModel
+from swiglu_graphs import swiglu_block
 
 VOCAB, HIDDEN, INTER = 10, 4, 6
 
@@ -37,19 +38,9 @@ def tiny_lm(path, layers=1, hidden=HIDDEN, intermediate=INTER, vocab=VOCAB, seed
     nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["h0"], name="embed_lookup")]
     x = "h0"
     for layer in range(layers):
-        p = f"l{layer}"
-        for name, shape in [("g", (hidden, intermediate)), ("u", (hidden, intermediate)), ("d", (intermediate, hidden))]:
-            inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), f"{p}.{name}"))
-        nodes += [
-            helper.make_node("MatMul", [x, f"{p}.g"], [f"{p}.gate"], name=f"{p}.gate_proj"),
-            helper.make_node("MatMul", [x, f"{p}.u"], [f"{p}.up"], name=f"{p}.up_proj"),
-            helper.make_node("Sigmoid", [f"{p}.gate"], [f"{p}.sig"], name=f"{p}.sigmoid"),
-            helper.make_node("Mul", [f"{p}.gate", f"{p}.sig"], [f"{p}.silu"], name=f"{p}.silu"),
-            helper.make_node("Mul", [f"{p}.silu", f"{p}.up"], [f"{p}.h"], name=f"{p}.glu"),
-            helper.make_node("MatMul", [f"{p}.h", f"{p}.d"], [f"{p}.y"], name=f"{p}.down_proj"),
-            helper.make_node("Add", [x, f"{p}.y"], [f"{p}.out"], name=f"{p}.residual"),
-        ]
-        x = f"{p}.out"
+        block_nodes, block_inits, _, x = swiglu_block(f"l{layer}", x, hidden, intermediate, rng)
+        nodes += block_nodes
+        inits += block_inits
     nodes.append(helper.make_node("MatMul", [x, "lm_head"], ["logits"], name="lm_head_proj"))
     graph = helper.make_graph(nodes, "tiny_lm", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", vocab])], inits)
