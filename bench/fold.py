@@ -1,7 +1,9 @@
 """Benchmark: `fold` (Model Folding, data-free) vs magnitude vs random structured pruning.
 
 Every method runs through the fold pass's own code path (`method=fold|magnitude|random`),
-so the rows differ only in how channels are chosen and merged:
+so the rows differ only in how channels are chosen and merged. "fold" is the paper's
+cluster-mean merge (`merge=mean`), "fold anchor" the anchored merge (`merge=anchor`, the
+pass default for FFNs):
 
 - SmolLM2-135M, FFN channels at 10/20/30/50%: perplexity on 8192 Wikipedia tokens.
 - MiniLM-L6, FFN channels at the same ratios: Lee-pairs Spearman (and embedding cosine
@@ -18,13 +20,15 @@ Two comparisons, each with identical output shapes across its three methods:
 Attention folding is measured on its own on SmolLM2: one of its three key/value groups
 folded per layer (ratio 0.34).
 
-    .venv/bin/python bench/fold.py            # ~30 min on 2 cores
+    .venv/bin/python bench/fold.py            # ~40 min on 2 cores
+    .venv/bin/python bench/fold.py --models smollm2-135m --methods "fold,fold anchor"   # update those rows only
     .venv/bin/python bench/fold.py --quick    # 1024 tokens, one ratio per model: a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -34,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import Row, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
+from bench.common import RESULTS_DIR, Row, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
 from edgefold import onnx_io  # noqa: E402
 from edgefold.analysis import analyse  # noqa: E402
 from edgefold.evaluate import evaluate, primary_metric  # noqa: E402
@@ -49,12 +53,14 @@ PLAN = {  # model -> (structure folded, ratios)
     "efficientnet-lite0": ("conv", [0.1, 0.2, 0.3]),
     "digits-cnn": ("conv", [0.1, 0.2, 0.3]),
 }
-METHODS = (("fold", {"method": "fold"}),
+METHODS = (("fold", {"method": "fold", "merge": "mean"}),
            ("magnitude", {"method": "magnitude"}),
            ("random", {"method": "random"}),
-           ("fold uniform", {"method": "fold", "allocation": "uniform"}),
+           ("fold uniform", {"method": "fold", "merge": "mean", "allocation": "uniform"}),
            ("magnitude uniform", {"method": "magnitude", "allocation": "uniform"}),
-           ("random uniform", {"method": "random", "allocation": "uniform"}))
+           ("random uniform", {"method": "random", "allocation": "uniform"}),
+           ("fold anchor", {"method": "fold", "merge": "anchor"}),
+           ("fold anchor uniform", {"method": "fold", "merge": "anchor", "allocation": "uniform"}))
 
 
 def run_variant(handle, options: dict, out: Path, tokens: int):
@@ -69,7 +75,8 @@ def run_variant(handle, options: dict, out: Path, tokens: int):
     return path, outcome.stats, seconds, metrics
 
 
-def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: list[Row], extras: bool) -> None:
+def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: list[Row], extras: bool,
+                methods=METHODS) -> None:
     handle = export_model(name)
     structure, _ = PLAN[name]
     metric, _higher = primary_metric(handle.task)
@@ -81,7 +88,7 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
     reference_embeddings = embeddings(handle.path) if metric == "lee_spearman" else None
 
     variants = [(method, ratio, {"ratio": ratio, "structures": [structure], **options})
-                for ratio in ratios for method, options in METHODS]
+                for ratio in ratios for method, options in methods]
     if extras and name == "smollm2-135m":
         variants += [("fold attention (kv groups)", 0.34, {"ratio": 0.34, "structures": ["attention"]}),
                      ("magnitude attention (kv groups)", 0.34,
@@ -116,7 +123,8 @@ def plot(rows: list[Row], path: Path) -> None:
             points = sorted((float(r.setting.rstrip("%")), r.value) for r in model_rows if r.method == method)
             if points:
                 axis.plot(*zip(*points), marker="o", label=method)
-        axis.axhline(model_rows[0].value, color="grey", linestyle="--", label="fp32")
+        fp32 = next(r.value for r in model_rows if r.method == "fp32")
+        axis.axhline(fp32, color="grey", linestyle="--", label="fp32")
         if metric == "perplexity":
             axis.set_yscale("log")
         axis.set_xlabel("channels removed (%)")
@@ -127,20 +135,50 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _kept_rows(name: str, models: list[str], methods: set[str]) -> list[Row]:
+    """Rows of the existing results that a partial run does not replace."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return []
+    fields = {f for f in Row.__dataclass_fields__ if f != "extra"}
+    kept = []
+    for data in json.loads(path.read_text()):
+        rerun_all = methods == {m for m, _ in METHODS}  # the extras run too: all of the model's rows go
+        if data["model"] in models and (rerun_all or data["method"] in methods or data["method"] == "fp32"):
+            continue
+        kept.append(Row(**{k: v for k, v in data.items() if k in fields},
+                        extra={k: v for k, v in data.items() if k not in fields}))
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default=",".join(PLAN))
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated subset of the methods; their rows replace the same rows of the "
+                             "existing results, the other rows are kept")
     args = parser.parse_args()
     tokens = 1024 if args.quick else 8192
+    chosen = METHODS
+    if args.methods:
+        names = args.methods.split(",")
+        unknown = set(names) - {m for m, _ in METHODS}
+        if unknown:
+            parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
+        chosen = tuple(m for m in METHODS if m[0] in names)
+    models = args.models.split(",")
     rows: list[Row] = []
     from threadpoolctl import threadpool_limits
 
     with machine_lock(), tempfile.TemporaryDirectory(prefix="bench-fold-") as tmp, threadpool_limits(2):
-        for name in args.models.split(","):
+        for name in models:
             ratios = PLAN[name][1][1:2] if args.quick else PLAN[name][1]
-            bench_model(name, ratios, tokens, Path(tmp), rows, extras=not args.quick)
+            bench_model(name, ratios, tokens, Path(tmp), rows, extras=not args.quick and chosen == METHODS,
+                        methods=chosen)
     name = "fold-quick" if args.quick else "fold"
+    if chosen != METHODS or len(models) < len(PLAN):
+        rows = _kept_rows(name, models, {m for m, _ in chosen}) + rows
     path = write_results(name, rows)
     plot(rows, path.with_suffix(".png"))
     print_table("fold: data-free folding vs magnitude vs random", rows)

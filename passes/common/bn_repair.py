@@ -112,7 +112,8 @@ class StatisticsFold:
     reader_shifts: dict[str, np.ndarray]  # per reader: what its pre-activation output lost
 
 
-def statistics_fold(model: ir.Model, cset: ChannelSet, labels: np.ndarray, features: np.ndarray) -> StatisticsFold:
+def statistics_fold(model: ir.Model, cset: ChannelSet, labels: np.ndarray, features: np.ndarray,
+                    producer: np.ndarray | None = None) -> StatisticsFold:
     """Fold a set using what its BatchNorms know about each channel's output.
 
     Each channel's output x_j has a mean m_j and spread s_j (from its BN, through its
@@ -121,7 +122,8 @@ def statistics_fold(model: ir.Model, cset: ChannelSet, labels: np.ndarray, featu
     channel, x_j ~ m_j + alpha_j (x_c - m_c) with alpha_j = rho_jc s_j / s_c: the
     reader's columns are summed with weights alpha_j, and the constant part it loses,
     sum_j W_j (m_j - alpha_j m_c), is given back through its BN mean or bias.
-    Exact duplicates get alpha = 1 and no shift, i.e. plain folding.
+    Exact duplicates get alpha = 1 and no shift, i.e. plain folding. A given `producer`
+    (k x n; an anchored fold passes the anchors' selection) replaces the weighted mean.
     """
     nodes = node_by_name(model)
     stats = {member.name: channel_stats(model, member) for member in cset.members}
@@ -130,7 +132,8 @@ def statistics_fold(model: ir.Model, cset: ChannelSet, labels: np.ndarray, featu
     mean_all, var_all = inputs[readers[0].name] if readers else stats[cset.members[-1].name]
     spread = np.sqrt(var_all)
     weights = spread + 1e-6 * (spread.max() if spread.size else 1.0) + 1e-12
-    producer = fold_maps(labels, weights)[0]
+    if producer is None:
+        producer = fold_maps(labels, weights)[0]
     rho = _cosine(features)
     centroid = producer @ features
     rho_to_centroid = np.clip(np.einsum("nd,nd->n", _unit(features), _unit(centroid[labels])), -1.0, 1.0)

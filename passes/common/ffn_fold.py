@@ -88,3 +88,18 @@ def sensitivity_score(model: ir.Model, group, rows: list[np.ndarray] | None = No
     if scale is not None:
         stacked = stacked * scale[None, :]
     return spectral_concentration(stacked)
+
+
+def scaled_producer_rows(model: ir.Model, group, rows: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Producer rows with the input norm's scale folded into their input columns (the
+    matrix the FFN really applies to the normalised input); a bias column stays as is."""
+    rows = rows if rows is not None else producer_rows(model, group)
+    scale = input_scale(model, group.producers[0])
+    if scale is None:
+        return [r.copy() for r in rows]
+    scaled = []
+    for r in rows:
+        r = r.copy()
+        r[:, : scale.size] *= scale[None, :]
+        scaled.append(r)
+    return scaled

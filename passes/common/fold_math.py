@@ -87,3 +87,77 @@ def kept_channels(n: int, ratio: float, multiple: int = 1, minimum: int = 1) -> 
         k = multiple * math.floor(k / multiple + 0.5)
     k = int(round(k))
     return int(min(n, max(minimum, k)))
+
+
+def anchor_assignment(importance: np.ndarray, features: np.ndarray, k: int,
+                      protected: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, anchors) for an anchored fold of n channels down to k.
+
+    Channels are folded away greedily, cheapest first, where the cost of folding channel
+    i is importance_i x (1 - c_i^2) and c_i is its best cosine to a channel still kept:
+    what folding it into that channel cannot recover. An exact duplicate costs nothing
+    (and its twin then has no twin left, so it stays); a channel like no other costs its
+    full importance. `importance` must be positive; protected channels always stay.
+    Every folded channel then joins the kept channel (anchor) it is most similar to.
+    Anchors are numbered in channel order, so the folded layer keeps the channel order.
+    """
+    importance = np.asarray(importance, dtype=np.float64)
+    n = len(importance)
+    x = np.asarray(features, dtype=np.float64)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    alive = np.ones(n, dtype=bool)
+    partner = np.argmax(cosine, axis=1)
+    fixed = np.zeros(n, dtype=bool) if protected is None else np.asarray(protected, dtype=bool)
+
+    def cost(rows: np.ndarray) -> np.ndarray:
+        best = np.clip(cosine[rows, partner[rows]], 0.0, 1.0) if n > 1 else np.zeros(len(rows))
+        return np.where(fixed[rows], np.inf, importance[rows] * (1.0 - best * best))
+
+    costs = cost(np.arange(n))
+    for _ in range(max(n - k, 0)):
+        # Ties go to the highest index, so of two equal channels the first one stays.
+        candidates = np.flatnonzero(alive)
+        i = candidates[np.lexsort((-candidates, costs[candidates]))[0]]
+        alive[i] = False
+        costs[i] = np.inf
+        stale = np.flatnonzero(alive & (partner == i))
+        if len(stale) and alive.sum() > 1:
+            masked = np.where(alive[None, :], cosine[stale], -np.inf)
+            partner[stale] = np.argmax(masked, axis=1)
+            costs[stale] = cost(stale)
+    anchors = np.flatnonzero(alive)
+    labels = np.empty(n, dtype=np.int64)
+    labels[anchors] = np.arange(len(anchors))
+    folded = np.flatnonzero(~alive)
+    if len(folded):
+        labels[folded] = np.argmax(unit[folded] @ unit[anchors].T, axis=1)
+    return labels, anchors
+
+
+def anchor_maps(labels: np.ndarray, anchors: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(producer map, consumer map) of an anchored fold.
+
+    The producer keeps the anchors' own rows (a selection: averaging weakly similar
+    rows, as cluster means do, blurs the one channel that mattered). A member j of
+    anchor a is folded into the consumer with the least-squares coefficient of its
+    pre-activation on the anchor's, beta = <r_j, r_a> / |r_a|^2 for isotropic inputs
+    (clipped at 0: an anti-aligned channel is dropped, not subtracted). An exact
+    duplicate gets beta = 1, so it folds with zero error as in plain folding.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    anchors = np.asarray(anchors, dtype=np.int64)
+    n, k = len(labels), len(anchors)
+    producer = np.zeros((k, n))
+    producer[np.arange(k), anchors] = 1.0
+    consumer = np.zeros((n, k))
+    consumer[anchors, np.arange(k)] = 1.0
+    rows = np.asarray(rows, dtype=np.float64)
+    members = np.setdiff1d(np.arange(n), anchors)
+    if len(members):
+        anchor_rows = rows[anchors[labels[members]]]
+        energy = np.einsum("nd,nd->n", anchor_rows, anchor_rows)
+        beta = np.einsum("nd,nd->n", rows[members], anchor_rows) / np.where(energy > 0, energy, 1.0)
+        consumer[members, labels[members]] = np.clip(beta, 0.0, None)
+    return producer, consumer

@@ -13,7 +13,7 @@ from edgefold.export import export_module
 from edgefold.model_stats import file_bytes, parameter_count
 from edgefold.passes.base import PassContext
 from edgefold.passes.common.fold_allocation import LayerBudget, allocate
-from edgefold.passes.common.fold_math import fold_ar_scale, fold_maps, kept_channels
+from edgefold.passes.common.fold_math import anchor_assignment, anchor_maps, fold_ar_scale, fold_maps, kept_channels
 from edgefold.passes.common.kmeans import kmeans_labels
 from edgefold.passes.registry import create_pass
 
@@ -121,16 +121,19 @@ def attention(tmp_path, monkeypatch):
 
 # --- exactness -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("merge", ["mean", "anchor"])
 @pytest.mark.parametrize("which,structures", [("ffn", ["ffn"]), ("conv", ["conv"]), ("attention", ["attention"])])
-def test_ratio_zero_is_exact(which, structures, request, tmp_path):
+def test_ratio_zero_is_exact(which, structures, request, tmp_path, merge):
     handle = request.getfixturevalue(which)
-    path, got, reference, _ = _fold(handle, tmp_path, "r0", ratio=0.0, structures=structures)
+    path, got, reference, _ = _fold(handle, tmp_path, "r0", ratio=0.0, structures=structures, merge=merge)
     np.testing.assert_array_equal(got, reference)
     assert parameter_count(onnx_io.load(path)) == parameter_count(onnx_io.load(handle.path))
 
 
-def test_duplicated_ffn_channels_fold_with_zero_error(ffn, tmp_path):
-    path, got, reference, stats = _fold(ffn, tmp_path, "dup", ratio=0.125, allocation="uniform", structures=["ffn"])
+@pytest.mark.parametrize("merge", ["mean", "anchor"])
+def test_duplicated_ffn_channels_fold_with_zero_error(ffn, tmp_path, merge):
+    path, got, reference, stats = _fold(ffn, tmp_path, "dup", ratio=0.125, allocation="uniform", structures=["ffn"],
+                                        merge=merge)
     assert stats["groups"]["ffn.0"] == [24, 21]
     np.testing.assert_allclose(got, reference, atol=1e-5)
     [group] = analyse(onnx_io.load(path)).ffns
@@ -138,11 +141,12 @@ def test_duplicated_ffn_channels_fold_with_zero_error(ffn, tmp_path):
     assert parameter_count(onnx_io.load(path)) == parameter_count(onnx_io.load(ffn.path)) - 3 * 3 * 16
 
 
+@pytest.mark.parametrize("merge", ["mean", "anchor"])
 @pytest.mark.parametrize("repair", ["none", "bn-stats", "fold-ar"])
-def test_duplicated_conv_channels_fold_with_zero_error(conv, tmp_path, repair):
+def test_duplicated_conv_channels_fold_with_zero_error(conv, tmp_path, repair, merge):
     sets = analyse(onnx_io.load(conv.path)).conv_groups
-    path, got, reference, stats = _fold(conv, tmp_path, repair, ratio=0.0, ratios={"conv.0": 0.125},
-                                        structures=["conv"], repair=repair)
+    path, got, reference, stats = _fold(conv, tmp_path, f"{repair}-{merge}", ratio=0.0, ratios={"conv.0": 0.125},
+                                        structures=["conv"], repair=repair, merge=merge)
     assert stats["groups"]["conv.0"] == [8, 7]
     np.testing.assert_allclose(got, reference, atol=1e-5)
     widths = {g.name: g.out_channels for g in analyse(onnx_io.load(path)).conv_groups}
@@ -211,6 +215,28 @@ def test_fold_maps_and_fold_ar():
     uncorrelated = np.array([[1.0, -1, 0], [0, 1, 0], [-1, 1, 0.0], [3, 1, 2]])  # correlation -1 -> clipped to 0
     np.testing.assert_allclose(fold_ar_scale(labels, uncorrelated)[0], np.sqrt(2))
     assert kept_channels(1536, 0.2, 8) == 1232 and kept_channels(10, 0.0) == 10
+
+
+def test_anchor_fold_keeps_important_channels_and_folds_duplicates_exactly():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(10, 6))
+    rows[7] = rows[2]  # a duplicate
+    rows[8] = 2.0 * rows[4]  # a scaled copy
+    importance = np.linalg.norm(rows, axis=1) ** 2
+    labels, anchors = anchor_assignment(importance, rows, 8)
+    assert list(anchors) == [0, 1, 2, 3, 4, 5, 6, 9]  # the two copies go, their originals stay
+    assert labels[7] == 2 and labels[8] == 4
+    producer, consumer = anchor_maps(labels, anchors, rows)
+    assert consumer[7, 2] == pytest.approx(1.0) and consumer[8, 4] == pytest.approx(2.0)
+    # For a linear channel (and so for any positively homogeneous one) the fold is exact here.
+    down, x = rng.normal(size=(10, 3)), rng.normal(size=6)
+    np.testing.assert_allclose(down.T @ (rows @ x), (consumer.T @ down).T @ (producer @ rows @ x), rtol=1e-10)
+    # Without copies, the least important channels go and a protected one stays regardless.
+    plain = rng.normal(size=(6, 4))
+    weights = np.array([5.0, 1.0, 4.0, 0.5, 3.0, 2.0])
+    protected = np.array([False, False, False, True, False, False])
+    _, kept = anchor_assignment(weights, plain, 4, protected)
+    assert 3 in kept and 0 in kept and 2 in kept and len(kept) == 4
 
 
 def test_kmeans_is_seeded_and_canonical():
