@@ -123,8 +123,9 @@ def plot(rows: list[Row], path: Path) -> None:
             points = sorted((float(r.setting.rstrip("%")), r.value) for r in model_rows if r.method == method)
             if points:
                 axis.plot(*zip(*points), marker="o", label=method)
-        fp32 = next(r.value for r in model_rows if r.method == "fp32")
-        axis.axhline(fp32, color="grey", linestyle="--", label="fp32")
+        fp32 = next((r.value for r in model_rows if r.method == "fp32"), None)
+        if fp32 is not None:
+            axis.axhline(fp32, color="grey", linestyle="--", label="fp32")
         if metric == "perplexity":
             axis.set_yscale("log")
         axis.set_xlabel("channels removed (%)")
@@ -141,9 +142,9 @@ def _kept_rows(name: str, models: list[str], methods: set[str]) -> list[Row]:
     if not path.exists():
         return []
     fields = {f for f in Row.__dataclass_fields__ if f != "extra"}
+    rerun_all = methods == {m for m, _ in METHODS}  # the extras run too: all of the model's rows go
     kept = []
     for data in json.loads(path.read_text()):
-        rerun_all = methods == {m for m, _ in METHODS}  # the extras run too: all of the model's rows go
         if data["model"] in models and (rerun_all or data["method"] in methods or data["method"] == "fp32"):
             continue
         kept.append(Row(**{k: v for k, v in data.items() if k in fields},

@@ -97,19 +97,24 @@ def anchor_assignment(importance: np.ndarray, features: np.ndarray, k: int,
     i is importance_i x (1 - c_i^2) and c_i is its best cosine to a channel still kept:
     what folding it into that channel cannot recover. An exact duplicate costs nothing
     (and its twin then has no twin left, so it stays); a channel like no other costs its
-    full importance. `importance` must be positive; protected channels always stay.
+    full importance. `importance` must be positive; protected channels always stay and,
+    like the mean merge's singletons, take no members while another anchor exists.
     Every folded channel then joins the kept channel (anchor) it is most similar to.
     Anchors are numbered in channel order, so the folded layer keeps the channel order.
     """
     importance = np.asarray(importance, dtype=np.float64)
     n = len(importance)
+    fixed = np.zeros(n, dtype=bool) if protected is None else np.asarray(protected, dtype=bool)
+    k = min(int(k), n)
+    if k < max(1, int(fixed.sum())):
+        raise ValueError(f"cannot keep {k} of {n} channels with {int(fixed.sum())} protected")
     x = np.asarray(features, dtype=np.float64)
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    # float32 similarities: n x n stays affordable for wide FFNs (11008^2 x 4 B = 0.5 GB).
+    unit = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)).astype(np.float32)
     cosine = unit @ unit.T
     np.fill_diagonal(cosine, -np.inf)
     alive = np.ones(n, dtype=bool)
     partner = np.argmax(cosine, axis=1)
-    fixed = np.zeros(n, dtype=bool) if protected is None else np.asarray(protected, dtype=bool)
 
     def cost(rows: np.ndarray) -> np.ndarray:
         best = np.clip(cosine[rows, partner[rows]], 0.0, 1.0) if n > 1 else np.zeros(len(rows))
@@ -132,7 +137,10 @@ def anchor_assignment(importance: np.ndarray, features: np.ndarray, k: int,
     labels[anchors] = np.arange(len(anchors))
     folded = np.flatnonzero(~alive)
     if len(folded):
-        labels[folded] = np.argmax(unit[folded] @ unit[anchors].T, axis=1)
+        similarity = unit[folded] @ unit[anchors].T
+        if not fixed[anchors].all():
+            similarity[:, fixed[anchors]] = -np.inf
+        labels[folded] = np.argmax(similarity, axis=1)
     return labels, anchors
 
 

@@ -145,6 +145,10 @@ def test_duplicated_ffn_channels_fold_with_zero_error(ffn, tmp_path, merge):
 @pytest.mark.parametrize("repair", ["none", "bn-stats", "fold-ar"])
 def test_duplicated_conv_channels_fold_with_zero_error(conv, tmp_path, repair, merge):
     sets = analyse(onnx_io.load(conv.path)).conv_groups
+    if merge == "anchor" and repair == "fold-ar":
+        with pytest.raises(EdgefoldError, match="fold-ar"):
+            create_pass("fold", {"merge": merge, "repair": repair})
+        return
     path, got, reference, stats = _fold(conv, tmp_path, f"{repair}-{merge}", ratio=0.0, ratios={"conv.0": 0.125},
                                         structures=["conv"], repair=repair, merge=merge)
     assert stats["groups"]["conv.0"] == [8, 7]
@@ -231,12 +235,28 @@ def test_anchor_fold_keeps_important_channels_and_folds_duplicates_exactly():
     # For a linear channel (and so for any positively homogeneous one) the fold is exact here.
     down, x = rng.normal(size=(10, 3)), rng.normal(size=6)
     np.testing.assert_allclose(down.T @ (rows @ x), (consumer.T @ down).T @ (producer @ rows @ x), rtol=1e-10)
-    # Without copies, the least important channels go and a protected one stays regardless.
+    # Without copies the least important channels go; a protected channel stays even when it
+    # is the least important one with a twin, and takes no members while another anchor exists.
     plain = rng.normal(size=(6, 4))
-    weights = np.array([5.0, 1.0, 4.0, 0.5, 3.0, 2.0])
+    plain[5] = plain[3]
+    weights = np.array([5.0, 1.0, 4.0, 0.1, 3.0, 2.0])
     protected = np.array([False, False, False, True, False, False])
-    _, kept = anchor_assignment(weights, plain, 4, protected)
-    assert 3 in kept and 0 in kept and 2 in kept and len(kept) == 4
+    labels, kept = anchor_assignment(weights, plain, 3, protected)
+    assert list(kept) == [0, 2, 3]
+    assert (labels[[1, 4, 5]] != 1).all()  # label 1 is the protected anchor (channel 3)
+    with pytest.raises(ValueError):
+        anchor_assignment(weights, plain, 0)
+
+
+@pytest.mark.parametrize("which,structures", [("ffn", ["ffn"]), ("conv", ["conv"])])
+def test_auto_merge_anchors_ffns_and_bn_convs_unless_fold_ar(which, structures, request, tmp_path):
+    handle = request.getfixturevalue(which)
+    def folded(tag, **options):
+        path, got, *_ = _fold(handle, tmp_path, tag, ratio=0.3, structures=structures, **options)
+        return got
+    np.testing.assert_array_equal(folded("auto"), folded("anchor", merge="anchor"))
+    assert not np.array_equal(folded("auto2"), folded("mean", merge="mean"))
+    np.testing.assert_array_equal(folded("auto-ar", repair="fold-ar"), folded("mean-ar", merge="mean", repair="fold-ar"))
 
 
 def test_kmeans_is_seeded_and_canonical():
