@@ -97,4 +97,8 @@ def _parse_value(raw: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        return raw
+        pass
+    if raw.startswith("[") and raw.endswith("]"):
+        # Bare words in a list, as in `structures=[ffn,conv]`: no quotes needed on a command line.
+        return [_parse_value(item.strip()) for item in _split_top_level(raw[1:-1]) if item.strip()]
+    return raw

@@ -15,6 +15,9 @@ def test_spec_parsing():
     assert parse_pass_spec("fold:ratio=0.2,seed=3,method=magnitude") == (
         "fold", {"ratio": 0.2, "seed": 3, "method": "magnitude"})
     assert parse_pass_spec("quantize:layers=[1,2],fp8=true") == ("quantize", {"layers": [1, 2], "fp8": True})
+    # Bare words in lists need no quotes (the README's `fold:structures=[conv]`).
+    assert parse_pass_spec("fold:structures=[ffn,conv],repair=bn-stats") == (
+        "fold", {"structures": ["ffn", "conv"], "repair": "bn-stats"})
     assert parse_pass_spec("cleanup") == ("cleanup", {})
     with pytest.raises(EdgefoldError):
         parse_pass_spec("fold:ratio")
