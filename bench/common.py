@@ -83,6 +83,24 @@ def print_table(title: str, rows: list[Row]) -> None:
     Console().print(table)
 
 
+def apply_pass(source: Path, name: str, options: dict, out: Path):
+    """Run pass `name` with `options` on the ONNX file `source` (seed 0), write it to
+    out/model.onnx and check it. Returns (path, graph pass, outcome, seconds to run and save)."""
+    from edgefold import onnx_io
+    from edgefold.analysis import analyse
+    from edgefold.passes.base import PassContext
+    from edgefold.passes.registry import create_pass
+
+    model = onnx_io.load(source)
+    graph_pass = create_pass(name, options)
+    start = time.perf_counter()
+    outcome = graph_pass.run(model, PassContext(analysis=analyse(model), seed=0))
+    path = onnx_io.save(outcome.model, out / "model.onnx")
+    seconds = time.perf_counter() - start
+    onnx_io.check(path)
+    return path, graph_pass, outcome, seconds
+
+
 def lee_embeddings(path: Path):
     """L2-normalised embeddings of the 50 Lee documents (how close an encoder stays to another)."""
     from edgefold import onnx_io

@@ -27,27 +27,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import Row, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
+from bench.common import Row, apply_pass, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
 from edgefold import onnx_io  # noqa: E402
-from edgefold.analysis import analyse  # noqa: E402
 from edgefold.evaluate import evaluate  # noqa: E402
 from edgefold.export import export_model  # noqa: E402
 from edgefold.model_stats import file_bytes, parameter_count  # noqa: E402
-from edgefold.passes.base import PassContext  # noqa: E402
-from edgefold.passes.registry import create_pass  # noqa: E402
 
 RATIOS = [0.1, 0.2, 0.3, 0.4]
 METRIC = {"smollm2-135m": "perplexity", "minilm-l6": "lee_spearman"}
 
 
 def run_variant(handle, options: dict, out: Path, tokens: int):
-    model = onnx_io.load(handle.path)
-    graph_pass = create_pass("slice", options)
-    start = time.perf_counter()
-    outcome = graph_pass.run(model, PassContext(analysis=analyse(model), seed=0))
-    path = onnx_io.save(outcome.model, out / "model.onnx")
-    seconds = time.perf_counter() - start
-    onnx_io.check(path)
+    path, graph_pass, outcome, seconds = apply_pass(handle.path, "slice", options, out)
     metrics = evaluate(path, tokens=tokens)
     return path, outcome.stats, graph_pass, seconds, metrics
 
