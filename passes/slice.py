@@ -46,6 +46,7 @@ from edgefold.atomic import cache_root
 from edgefold.errors import EdgefoldError
 from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
 from edgefold.passes.common.ffn_channels import remap_ffn, selection_maps
+from edgefold.passes.common.fold_allocation import feasible_cap
 from edgefold.passes.common.ffn_importance import concentration_prior as ffn_concentration_prior
 from edgefold.passes.common.ffn_importance import standardise as _standardise
 from edgefold.passes.common.initializers import array, node_by_name
@@ -353,9 +354,7 @@ class SlicePass(GraphPass):
                           for v, s in zip(views, scores)])
         weights = np.power(np.clip(probe / probe.mean(), 1e-6, None), -config.sharpness)
         budget = config.ratio * widths.sum()
-        # A cap below the global ratio would make the budget infeasible: keep a little room above it.
-        cap = max(config.max_ratio, min(0.95, config.ratio + 0.05))
-        return water_fill(weights, widths, budget, cap)
+        return water_fill(weights, widths, budget, feasible_cap(config.max_ratio, config.ratio))
 
 
 def _model_label(views: list[FfnView]) -> str:

@@ -68,6 +68,11 @@ def allocate(layers: list[LayerBudget], ratio: float, *, max_ratio: float = 1.0,
     return keep
 
 
+def feasible_cap(cap: float, ratio: float) -> float:
+    """A per-layer cap below the global ratio makes the budget infeasible: keep a little room above it."""
+    return max(cap, min(0.95, ratio + 0.05))
+
+
 def _ceil_to(value: float, multiple: int) -> int:
     return int(np.ceil(value / multiple - 1e-9) * multiple)
 
