@@ -94,7 +94,7 @@ def apply_pass(source: Path, name: str, options: dict, out: Path):
     model = onnx_io.load(source)
     graph_pass = create_pass(name, options)
     start = time.perf_counter()
-    outcome = graph_pass.run(model, PassContext(analysis=analyse(model), seed=0))
+    outcome = graph_pass.run(model, PassContext(analysis=analyse(model), seed=0, model_path=Path(source)))
     path = onnx_io.save(outcome.model, out / "model.onnx")
     seconds = time.perf_counter() - start
     onnx_io.check(path)

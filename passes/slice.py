@@ -2,7 +2,7 @@
 
 Removes intermediate channels of every FFN: rows of the producers (W_up and W_gate,
 same indices), the matching inputs of W_down, and biases, so the intermediate width
-really shrinks. Nothing is run on data: channels are ranked from the weights.
+really shrinks. By default nothing is run on data: channels are ranked from the weights.
 
 Ranking (`method`):
 - `policy` (default): the learned PruneNet policy (passes/common/prune_policy.py),
@@ -10,6 +10,10 @@ Ranking (`method`):
   value spectra and then reused, plus a structural prior (`prior`, below).
 - `magnitude`: the L2 norm of each W_up row (baseline).
 - `random`: a seeded random order (baseline).
+- `activation`: not calibration-free: each channel's measured output energy,
+  sqrt(E[h_j^2]) x |W_down[:, j]|, on `calibration_samples` documents of the Lee
+  background corpus (passes/common/calibration.py). A reference for what a data-aware
+  ranking reaches, and the option for users who do have text to spare.
 
 Why a prior: on SmolLM2 the KS reward alone ranks channels much like their norm, and
 the norm is anti-correlated with importance in the layers that matter (layer 0 and
@@ -68,7 +72,7 @@ _NORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormaliza
 
 class SliceConfig(PassConfig):
     ratio: float = pydantic.Field(0.2, ge=0.0, lt=1.0, description="fraction of all FFN channels removed")
-    method: Literal["policy", "magnitude", "random"] = "policy"
+    method: Literal["policy", "magnitude", "random", "activation"] = "policy"
     allocation: Literal["uniform", "spectrum"] = "spectrum"
     ratios: list[float] | None = pydantic.Field(None, description="explicit per-FFN ratios (overrides ratio/allocation)")
     policy: str | None = pydantic.Field(None, description="policy file to use (trained and written there if missing)")
@@ -80,6 +84,7 @@ class SliceConfig(PassConfig):
     sharpness: float = pydantic.Field(8.0, ge=0.0, description="layer share ~ KS^-sharpness under `spectrum` allocation")
     max_ratio: float = pydantic.Field(0.45, gt=0.0, lt=1.0,
                                       description="cap on one layer's ratio under `spectrum` (raised to ratio + 0.05 when lower)")
+    calibration_samples: int = pydantic.Field(32, ge=1, description="documents run for method=activation")
     seed: int | None = pydantic.Field(None, description="overrides the build seed")
 
     @pydantic.field_validator("ratios")
@@ -169,6 +174,35 @@ def random_scores(view: FfnView, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, view.index]).random(view.channels)
 
 
+def intermediate_name(view: FfnView, nodes: dict[str, ir.Node]) -> str:
+    """The tensor W_down reads: the FFN's intermediate activation h."""
+    linear = view.group.down
+    node = nodes[linear.node]
+    data = [v for v in node.inputs if v is not None and v.const_value is None
+            and v.name not in (linear.weight, linear.transpose)]
+    if not data:
+        raise EdgefoldError(f"slice: cannot find the intermediate activation of {view.group.name}")
+    return data[0].name
+
+
+def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples: int) -> list[np.ndarray]:
+    """sqrt(E[h_j^2]) x |W_down[:, j]|: how much output energy each channel carries on real text."""
+    from edgefold.passes.common.calibration import channel_mean_squares
+
+    nodes = node_by_name(model)
+    names = [intermediate_name(v, nodes) for v in views]
+    measured = channel_mean_squares(model_path, names, samples, "slice",
+                                    "use method=policy (calibration-free)")
+    scores = []
+    for view, name in zip(views, names):
+        energy = measured.get(name)
+        if energy is None or energy.shape != (view.channels,):
+            raise EdgefoldError(f"slice: measured {name} has shape {getattr(energy, 'shape', None)}, "
+                                f"expected ({view.channels},)")
+        scores.append(np.sqrt(energy) * np.linalg.norm(view.down.astype(np.float64), axis=1))
+    return scores
+
+
 # --- allocation ----------------------------------------------------------------------------
 
 def water_fill(weights: np.ndarray, widths: np.ndarray, budget: float, cap: float) -> np.ndarray:
@@ -242,7 +276,11 @@ class SlicePass(GraphPass):
         multiple = config.multiple or getattr(context.profile, "channel_multiple", None) or 8
         start = time.perf_counter()
         views = ffn_views(model, groups)
-        scores, policy_stats = self._scores(views, config, seed)
+        if config.method == "activation":
+            scores = activation_scores(model, views, context.model_path, config.calibration_samples)
+            policy_stats = {"calibration_samples": config.calibration_samples}
+        else:
+            scores, policy_stats = self._scores(views, config, seed)
         kept = self._kept_widths(views, scores, config, multiple)
         self.timings["rank_and_allocate_s"] = round(time.perf_counter() - start, 3)
 

@@ -1,9 +1,9 @@
-"""Measured input statistics for quantization, from a few real samples.
+"""Measured activation statistics from a few real samples (quantize, slice).
 
-The model runs once per sample in onnxruntime with the inputs of its weight readers
-added as graph outputs; each reader gets the mean square of its input per channel (the
-weight's input axis), an embedding table the token counts (plus one, so unseen tokens
-still count). The samples are not the evaluation data: text models read the Lee
+The model runs once per sample in onnxruntime with the wanted tensors added as graph
+outputs; each gets its mean square per channel (the last axis, axis 1 for NCHW). For
+quantize these are the inputs of its weight readers (an embedding table gets the token
+counts, plus one, so unseen tokens still count); for slice, the FFN intermediates. The samples are not the evaluation data: text models read the Lee
 *background* corpus (the evaluation uses the Wikipedia dump and the 50 Lee documents),
 digits the training split. Image models have only the evaluation photos, so they read
 those mirrored; that overlap is why calibration is optional and off by default.
@@ -26,7 +26,8 @@ from edgefold.models.metadata import TOKENIZER_KEY, Task, load_tokenizer, model_
 TEXT_TOKENS = 256  # at most this many tokens per calibration document
 
 
-def calibration_feeds(model_path: Path, samples: int) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
+                      fallback: str = "drop act_scale and use sensitivity=data-free") -> list[dict[str, np.ndarray]]:
     meta = onnx_io.metadata(model_path)
     task = model_task(meta)
     if task in (Task.CAUSAL_LM, Task.SENTENCE_EMBEDDING):
@@ -53,34 +54,16 @@ def calibration_feeds(model_path: Path, samples: int) -> list[dict[str, np.ndarr
 
         train, _, _, _ = digits_split()
         return [{"image": np.asarray(train[i * 8:(i + 1) * 8], np.float32)} for i in range(samples)]
-    raise EdgefoldError("quantize: calibration needs a model with a known task (causal-lm, sentence-embedding, "
-                        "image or digits classifier); drop act_scale and use sensitivity=data-free")
+    raise EdgefoldError(f"{who}: calibration needs a model with a known task (causal-lm, sentence-embedding, "
+                        f"image or digits classifier); {fallback}")
 
 
 def measure_energy(model_path: Path | None, sites, samples: int) -> None:
     """Set `reader.energy` of every reader of `sites` from real samples (in place)."""
     if model_path is None:
         raise EdgefoldError("quantize: calibration needs the model file")
-    model_path = Path(model_path)
     wanted = sorted({r.activation.name for s in sites for r in s.readers if r.activation is not None})
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
-        session = _session_with_outputs(model_path, wanted, Path(tmp))
-        inputs = {i.name for i in session.get_inputs()}
-        outputs = [o.name for o in session.get_outputs()]
-        for feed in calibration_feeds(model_path, samples):
-            values = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
-            for name, value in zip(outputs, values):
-                if name not in wanted:
-                    continue
-                total, count = _energy(value)
-                if np.issubdtype(value.dtype, np.integer):  # token ids: keep them all
-                    total = np.concatenate([sums.get(name, np.zeros(0, np.int64)), total])
-                else:
-                    total = sums.get(name, 0) + total
-                sums[name] = total
-                counts[name] = counts.get(name, 0) + count
+    sums, counts = _accumulate(Path(model_path), wanted, samples, "quantize")
     for site in sites:
         rows = site.value.const_value.shape[0]
         for reader in site.readers:
@@ -93,6 +76,39 @@ def measure_energy(model_path: Path | None, sites, samples: int) -> None:
                 reader.energy = np.bincount(ids.astype(np.int64), minlength=rows)[:rows] + 1.0
             elif sums[name].shape == (width,):
                 reader.energy = sums[name] / counts[name]
+
+
+def channel_mean_squares(model_path: Path | None, names: list[str], samples: int, who: str,
+                         fallback: str) -> dict[str, np.ndarray]:
+    """Mean square per channel of every float tensor in `names` over the calibration samples."""
+    if model_path is None:
+        raise EdgefoldError(f"{who}: calibration needs the model file; {fallback}")
+    sums, counts = _accumulate(Path(model_path), sorted(set(names)), samples, who, fallback)
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def _accumulate(model_path: Path, wanted: list[str], samples: int, who: str,
+                fallback: str = "drop act_scale and use sensitivity=data-free"):
+    """Per-channel sums of squares (token ids: the ids themselves) and counts of `wanted`."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+        session = _session_with_outputs(model_path, wanted, Path(tmp))
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        for feed in calibration_feeds(model_path, samples, who, fallback):
+            values = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
+            for name, value in zip(outputs, values):
+                if name not in wanted:
+                    continue
+                total, count = _energy(value)
+                if np.issubdtype(value.dtype, np.integer):  # token ids: keep them all
+                    total = np.concatenate([sums.get(name, np.zeros(0, np.int64)), total])
+                else:
+                    total = sums.get(name, 0) + total
+                sums[name] = total
+                counts[name] = counts.get(name, 0) + count
+    return sums, counts
 
 
 def _energy(value: np.ndarray) -> tuple[np.ndarray, float]:

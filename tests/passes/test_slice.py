@@ -64,7 +64,8 @@ def _export(module, name, tmp_path, monkeypatch):
 def _slice(handle, options, out, *, profile=None):
     model = onnx_io.load(handle.path)
     graph_pass = create_pass("slice", options)
-    outcome = graph_pass.run(model, PassContext(analysis=analyse(model), seed=0, profile=profile))
+    context = PassContext(analysis=analyse(model), seed=0, profile=profile, model_path=handle.path)
+    outcome = graph_pass.run(model, context)
     path = onnx_io.save(outcome.model, out / "model.onnx")
     return path, outcome.stats, graph_pass
 
@@ -194,6 +195,34 @@ def test_allocation_helpers():
     with pytest.raises(EdgefoldError):
         water_fill(np.ones(3), widths, budget=200, cap=0.5)
     assert round_kept(1536, 0.0, 8) == 1536 and round_kept(1536, 0.2, 8) % 8 == 0 and round_kept(64, 0.99, 16) == 16
+
+
+def test_activation_ranking_keeps_minilm_closer_than_random(minilm_handle, tmp_path):
+    # method=activation runs the model on calibration text (not calibration-free); at the
+    # same widths its channels must keep the encoder closer to the original than random ones.
+    inputs, reference = minilm_handle.reference_io()
+    name = next(iter(reference))
+
+    def cosine(path):
+        got = onnx_io.run(onnx_io.session(path), inputs)[name].reshape(len(reference[name]), -1)
+        ref = reference[name].reshape(len(got), -1)
+        return float(np.mean((got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)))
+
+    options = {"ratio": 0.4, "allocation": "uniform", "calibration_samples": 4}
+    path, stats, _ = _slice(minilm_handle, {**options, "method": "activation"}, tmp_path / "act")
+    onnx_io.check(path)
+    assert stats["calibration_samples"] == 4 and stats["channel_ratio"] == pytest.approx(0.4, abs=0.01)
+    random_path, _, _ = _slice(minilm_handle, {**options, "method": "random"}, tmp_path / "random")
+    assert cosine(path) > cosine(random_path) + 0.02
+
+
+def test_activation_ranking_errors_are_one_line(gated, tmp_path):
+    model = onnx_io.load(gated.path)
+    graph_pass = create_pass("slice", {"ratio": 0.5, "method": "activation"})
+    with pytest.raises(EdgefoldError, match="slice: calibration needs the model file"):
+        graph_pass.run(model, PassContext(analysis=analyse(model), seed=0))
+    with pytest.raises(EdgefoldError, match="slice: calibration needs a model with a known task.*method=policy"):
+        _slice(gated, {"ratio": 0.5, "method": "activation"}, tmp_path / "x")
 
 
 def test_cli_slices_minilm(cli, minilm_onnx, tmp_path):

@@ -279,6 +279,19 @@ def test_minilm_lee_spearman_real(minilm_onnx):
     assert first == pytest.approx(MINILM_LEE_SPEARMAN, abs=2e-3)
 
 
+def test_lee_pair_fidelity_and_bootstrap_interval(minilm_onnx):
+    emb = similarity.embed(onnx_io.session(minilm_onnx), "minilm-l6", data.lee_documents())
+    assert similarity.pair_fidelity(emb, emb) == pytest.approx(1.0)
+    assert similarity.spearman_difference_interval(emb, emb, draws=50) == (0.0, 0.0, 0.0)
+    # Mostly noise: the similarity ranking is lost, and the paired interval sees it.
+    noisy = emb + np.random.default_rng(0).normal(scale=0.5, size=emb.shape)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    assert similarity.pair_fidelity(noisy, emb) < 0.6
+    low, mid, high = similarity.spearman_difference_interval(emb, noisy, draws=200)
+    assert 0.0 < low < mid < high
+    assert similarity.spearman_difference_interval(noisy, emb, draws=200)[2] < 0.0
+
+
 def test_effnet_self_agreement(effnet_onnx):
     session = onnx_io.session(effnet_onnx)
     images = vision.image_batch(data.sample_photos())
