@@ -54,6 +54,7 @@ from edgefold.passes.common.fold_allocation import feasible_cap
 from edgefold.passes.common.ffn_importance import concentration_prior as ffn_concentration_prior
 from edgefold.passes.common.ffn_importance import standardise as _standardise
 from edgefold.passes.common.initializers import array, node_by_name
+from edgefold.passes.common.norm_scale import input_norm_scale
 from edgefold.passes.registry import register_pass
 from edgefold.passes.common.prune_policy import (
     POLICY_FORMAT,
@@ -67,7 +68,6 @@ from edgefold.passes.common.prune_policy import (
 )
 
 PROBE_RATIO = 0.4
-_NORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"}
 
 
 class SliceConfig(PassConfig):
@@ -119,36 +119,12 @@ def _rows(weight: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0).reshape(weight.shape[axis], -1)
 
 
-def input_scale(model: ir.Model, group, nodes: dict[str, ir.Node]) -> np.ndarray | None:
-    """The per-feature scale (norm weight) applied to the FFN input, when the graph has one.
-
-    Folding it into FFN1 gives the matrix the FFN really applies to the normalised
-    input; without it a feature the norm suppresses (gain ~0) would look important.
-    """
-    linear = group.producers[0]
-    node = nodes[linear.node]
-    data = [v for v in node.inputs if v is not None and v.name not in (linear.weight, linear.transpose)]
-    data = [v for v in data if v.const_value is None]
-    producer = data[0].producer() if data else None
-    if producer is None:
-        return None
-    candidates = []
-    if producer.op_type == "Mul":
-        candidates = [v for v in producer.inputs if v is not None and v.const_value is not None]
-    elif producer.op_type in _NORM_OPS and len(producer.inputs) > 1 and producer.inputs[1] is not None:
-        candidates = [producer.inputs[1]] if producer.inputs[1].const_value is not None else []
-    for value in candidates:
-        scale = np.asarray(value.const_value.numpy(), dtype=np.float32).reshape(-1)
-        if scale.size == linear.in_features:
-            return scale
-    return None
-
-
 def ffn_views(model: ir.Model, groups) -> list[FfnView]:
     nodes = node_by_name(model)
     views = []
     for index, group in enumerate(groups):
-        scale = input_scale(model, group, nodes)
+        scale = input_norm_scale(model, group.producers[0], nodes)
+        scale = scale.astype(np.float32) if scale is not None else None
         producers = []
         for linear in group.producers:
             rows = _rows(array(model, linear.weight), linear.out_axis)

@@ -18,7 +18,8 @@ import numpy as np
 import onnx_ir as ir
 
 from edgefold.passes.common.fold_allocation import spectral_concentration
-from edgefold.passes.common.initializers import array, node_by_name
+from edgefold.passes.common.initializers import array
+from edgefold.passes.common.norm_scale import input_norm_scale
 
 
 def producer_rows(model: ir.Model, group) -> list[np.ndarray]:
@@ -59,31 +60,9 @@ def magnitude_scores(rows: list[np.ndarray], columns: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.concatenate(rows, axis=1), axis=1) * np.linalg.norm(columns, axis=1)
 
 
-def input_scale(model: ir.Model, linear) -> np.ndarray | None:
-    """The per-feature scale of the norm right before a linear (RMSNorm/LayerNorm weight),
-    as a Mul by a 1-D initializer or the scale input of LayerNormalization/RMSNormalization."""
-    node = node_by_name(model).get(linear.node)
-    if node is None or node.inputs[0] is None:
-        return None
-    source = node.inputs[0].producer()
-    if source is None:
-        return None
-    candidates = []
-    if source.op_type == "Mul":
-        candidates = [v for v in source.inputs if v is not None and v.is_initializer()]
-    elif source.op_type in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
-        candidates = [source.inputs[1]] if len(source.inputs) > 1 and source.inputs[1] is not None else []
-    for value in candidates:
-        if value.const_value is not None:
-            data = value.const_value.numpy().astype(np.float64).reshape(-1)
-            if data.size == linear.in_features:
-                return data
-    return None
-
-
 def sensitivity_score(model: ir.Model, group, rows: list[np.ndarray] | None = None) -> float:
     rows = rows if rows is not None else producer_rows(model, group)
-    scale = input_scale(model, group.producers[0])
+    scale = input_norm_scale(model, group.producers[0])
     stacked = np.concatenate([r[:, : group.hidden] for r in rows], axis=0)
     if scale is not None:
         stacked = stacked * scale[None, :]
@@ -94,7 +73,7 @@ def scaled_producer_rows(model: ir.Model, group, rows: list[np.ndarray] | None =
     """Producer rows with the input norm's scale folded into their input columns (the
     matrix the FFN really applies to the normalised input); a bias column stays as is."""
     rows = rows if rows is not None else producer_rows(model, group)
-    scale = input_scale(model, group.producers[0])
+    scale = input_norm_scale(model, group.producers[0])
     if scale is None:
         return [r.copy() for r in rows]
     scaled = []
