@@ -72,6 +72,8 @@ class QuantizeConfig(PassConfig):
     # most signal get finer steps. Implies calibrated sensitivity.
     act_scale: float | None = pydantic.Field(default=None, gt=0, le=1)
     calibration_samples: int = pydantic.Field(default=32, ge=1)
+    # Text models: read this UTF-8 file (one document per line) instead of the Lee background corpus.
+    calibration_text: str | None = None
     target: Literal["onnx", "onnxruntime"] = "onnx"
     plot: bool = True
 
@@ -84,6 +86,8 @@ class QuantizeConfig(PassConfig):
             raise ValueError("block/scheme go with format=...; for mixed precision list formats=[...]")
         if self.formats is not None and self.format is not None:
             raise ValueError("formats=[...] lists mixed-precision candidates; it does not go with format=")
+        if self.calibration_text is not None and self.sensitivity != "calibration" and self.act_scale is None:
+            raise ValueError("calibration_text is read only with sensitivity=calibration or act_scale")
         return self
 
 
@@ -280,6 +284,10 @@ class QuantizePass(GraphPass):
         stats = _stats(rows, bytes_before, bytes_after, budget, "mixed" if mixed else "uniform", cfg)
         if cfg.act_scale is not None:
             stats["act_scaled_norms"] = self._scaled
+        if cfg.calibration_text is not None:
+            from edgefold.passes.common.calibration import calibration_text_digest
+
+            stats.update(calibration_text_digest(cfg.calibration_text))
         if budget is not None and fixed:  # what the budget was spent on: the weights not pinned
             free = [r for r in rows if r[0] not in fixed]
             budget["avg_bits_allocated"] = round(8 * sum(r[3] for r in free) / max(sum(r[2] // 4 for r in free), 1), 4)
@@ -365,7 +373,7 @@ class QuantizePass(GraphPass):
         if self.config.sensitivity == "calibration" or self.config.act_scale is not None:
             from edgefold.passes.common.calibration import measure_energy
 
-            measure_energy(context.model_path, sites, self.config.calibration_samples)
+            measure_energy(context.model_path, sites, self.config.calibration_samples, self.config.calibration_text)
         if self.config.act_scale is not None:
             from edgefold.passes.common.act_scaling import scale_norm_inputs
 

@@ -85,7 +85,15 @@ class SliceConfig(PassConfig):
     max_ratio: float = pydantic.Field(0.45, gt=0.0, lt=1.0,
                                       description="cap on one layer's ratio under `spectrum` (raised to ratio + 0.05 when lower)")
     calibration_samples: int = pydantic.Field(32, ge=1, description="documents run for method=activation")
+    calibration_text: str | None = pydantic.Field(
+        None, description="method=activation reads this UTF-8 file (one document per line) instead of the Lee background corpus")
     seed: int | None = pydantic.Field(None, description="overrides the build seed")
+
+    @pydantic.model_validator(mode="after")
+    def _calibration_text_needs_activation(self):
+        if self.calibration_text is not None and self.method != "activation":
+            raise ValueError("calibration_text is read only by method=activation")
+        return self
 
     @pydantic.field_validator("ratios")
     @classmethod
@@ -152,23 +160,22 @@ def random_scores(view: FfnView, seed: int) -> np.ndarray:
 
 def intermediate_name(view: FfnView, nodes: dict[str, ir.Node]) -> str:
     """The tensor W_down reads: the FFN's intermediate activation h."""
-    linear = view.group.down
-    node = nodes[linear.node]
-    data = [v for v in node.inputs if v is not None and v.const_value is None
-            and v.name not in (linear.weight, linear.transpose)]
-    if not data:
+    node = nodes.get(view.group.down.node)
+    if node is None or not node.inputs or node.inputs[0] is None:  # x is input 0 of every analysed linear
         raise EdgefoldError(f"slice: cannot find the intermediate activation of {view.group.name}")
-    return data[0].name
+    return node.inputs[0].name
 
 
-def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples: int) -> list[np.ndarray]:
-    """sqrt(E[h_j^2]) x |W_down[:, j]|: how much output energy each channel carries on real text."""
+def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples: int,
+                      text_file: str | None = None) -> tuple[list[np.ndarray], int]:
+    """sqrt(E[h_j^2]) x |W_down[:, j]| per FFN (how much output energy each channel carries on
+    real text), and how many calibration samples were run."""
     from edgefold.passes.common.calibration import channel_mean_squares
 
     nodes = node_by_name(model)
     names = [intermediate_name(v, nodes) for v in views]
-    measured = channel_mean_squares(model_path, names, samples, "slice",
-                                    "use method=policy (calibration-free)")
+    measured, used = channel_mean_squares(model_path, names, samples, "slice",
+                                          "use method=policy (calibration-free)", axis=-1, text_file=text_file)
     scores = []
     for view, name in zip(views, names):
         energy = measured.get(name)
@@ -176,7 +183,7 @@ def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples
             raise EdgefoldError(f"slice: measured {name} has shape {getattr(energy, 'shape', None)}, "
                                 f"expected ({view.channels},)")
         scores.append(np.sqrt(energy) * np.linalg.norm(view.down.astype(np.float64), axis=1))
-    return scores
+    return scores, used
 
 
 # --- allocation ----------------------------------------------------------------------------
@@ -253,8 +260,11 @@ class SlicePass(GraphPass):
         start = time.perf_counter()
         views = ffn_views(model, groups)
         if config.method == "activation":
-            scores = activation_scores(model, views, context.model_path, config.calibration_samples)
-            policy_stats = {"calibration_samples": config.calibration_samples}
+            from edgefold.passes.common.calibration import calibration_text_digest
+
+            scores, used = activation_scores(model, views, context.model_path, config.calibration_samples,
+                                             config.calibration_text)
+            policy_stats = {"calibration_samples": used, **calibration_text_digest(config.calibration_text)}
         else:
             scores, policy_stats = self._scores(views, config, seed)
         kept = self._kept_widths(views, scores, config, multiple)

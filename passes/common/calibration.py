@@ -3,14 +3,19 @@
 The model runs once per sample in onnxruntime with the wanted tensors added as graph
 outputs; each gets its mean square per channel (the last axis, axis 1 for NCHW). For
 quantize these are the inputs of its weight readers (an embedding table gets the token
-counts, plus one, so unseen tokens still count); for slice, the FFN intermediates. The samples are not the evaluation data: text models read the Lee
+counts, plus one, so unseen tokens still count); for slice, the FFN intermediates.
+
+The samples are not the evaluation data: text models read the Lee
 *background* corpus (the evaluation uses the Wikipedia dump and the 50 Lee documents),
 digits the training split. Image models have only the evaluation photos, so they read
-those mirrored; that overlap is why calibration is optional and off by default.
+those mirrored; that overlap is why calibration is optional and off by default. Text
+models can read the user's own text instead (`calibration_text`: a UTF-8 file, one
+document per line).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -26,16 +31,41 @@ from edgefold.models.metadata import TOKENIZER_KEY, Task, load_tokenizer, model_
 TEXT_TOKENS = 256  # at most this many tokens per calibration document
 
 
+def read_calibration_text(path: str | Path, who: str) -> list[str]:
+    """A user's calibration text: UTF-8, one document per non-empty line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EdgefoldError(f"{who}: cannot read calibration_text {path}: {error}") from None
+    documents = [line.strip() for line in text.splitlines() if line.strip()]
+    if not documents:
+        raise EdgefoldError(f"{who}: calibration_text {path} has no text (one document per line)")
+    return documents
+
+
+def calibration_text_digest(path: str | Path | None) -> dict[str, str]:
+    """For pass stats (and so the manifest): the option holds only the text's path."""
+    if path is None:
+        return {}
+    return {"calibration_text_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
-                      fallback: str = "drop act_scale and use sensitivity=data-free") -> list[dict[str, np.ndarray]]:
+                      fallback: str = "drop act_scale and use sensitivity=data-free",
+                      text_file: str | Path | None = None) -> list[dict[str, np.ndarray]]:
     meta = onnx_io.metadata(model_path)
     task = model_task(meta)
+    if text_file is not None and task not in (Task.CAUSAL_LM, Task.SENTENCE_EMBEDDING):
+        raise EdgefoldError(f"{who}: calibration_text needs a text model (causal-lm or sentence-embedding)")
     if task in (Task.CAUSAL_LM, Task.SENTENCE_EMBEDDING):
-        from gensim.test.utils import datapath
-
         tokenizer = load_tokenizer(meta.get(TOKENIZER_KEY) or "")
-        with open(datapath("lee_background.cor"), "rb") as f:
-            documents = [line.decode("latin1").strip() for line in f if line.strip()][:samples]
+        if text_file is not None:
+            documents = read_calibration_text(text_file, who)[:samples]
+        else:
+            from gensim.test.utils import datapath
+
+            with open(datapath("lee_background.cor"), "rb") as f:
+                documents = [line.decode("latin1").strip() for line in f if line.strip()][:samples]
         feeds = []
         for text in documents:
             ids = tokenizer(text, add_special_tokens=task is Task.SENTENCE_EMBEDDING, truncation=True,
@@ -58,12 +88,12 @@ def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
                         f"image or digits classifier); {fallback}")
 
 
-def measure_energy(model_path: Path | None, sites, samples: int) -> None:
+def measure_energy(model_path: Path | None, sites, samples: int, text_file: str | Path | None = None) -> None:
     """Set `reader.energy` of every reader of `sites` from real samples (in place)."""
     if model_path is None:
         raise EdgefoldError("quantize: calibration needs the model file")
     wanted = sorted({r.activation.name for s in sites for r in s.readers if r.activation is not None})
-    sums, counts = _accumulate(Path(model_path), wanted, samples, "quantize")
+    sums, counts, _ = _accumulate(Path(model_path), wanted, samples, "quantize", text_file=text_file)
     for site in sites:
         rows = site.value.const_value.shape[0]
         for reader in site.readers:
@@ -79,43 +109,53 @@ def measure_energy(model_path: Path | None, sites, samples: int) -> None:
 
 
 def channel_mean_squares(model_path: Path | None, names: list[str], samples: int, who: str,
-                         fallback: str) -> dict[str, np.ndarray]:
-    """Mean square per channel of every float tensor in `names` over the calibration samples."""
+                         fallback: str, axis: int | None = None,
+                         text_file: str | Path | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """Mean square per channel of every float tensor in `names` over the calibration samples,
+    and the number of samples run (the corpus may hold fewer than asked). `axis` is the
+    channel axis; None means axis 1 of 4-D tensors (NCHW) and the last axis otherwise."""
     if model_path is None:
         raise EdgefoldError(f"{who}: calibration needs the model file; {fallback}")
-    sums, counts = _accumulate(Path(model_path), sorted(set(names)), samples, who, fallback)
-    return {name: sums[name] / counts[name] for name in sums}
+    sums, counts, used = _accumulate(Path(model_path), sorted(set(names)), samples, who, fallback, axis, text_file)
+    return {name: sums[name] / counts[name] for name in sums}, used
 
 
 def _accumulate(model_path: Path, wanted: list[str], samples: int, who: str,
-                fallback: str = "drop act_scale and use sensitivity=data-free"):
-    """Per-channel sums of squares (token ids: the ids themselves) and counts of `wanted`."""
+                fallback: str = "drop act_scale and use sensitivity=data-free", axis: int | None = None,
+                text_file: str | Path | None = None):
+    """Per-channel sums of squares (token ids: the ids themselves) and counts of `wanted`,
+    and the number of samples run."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, float] = {}
+    used = 0
     with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
         session = _session_with_outputs(model_path, wanted, Path(tmp))
         inputs = {i.name for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
-        for feed in calibration_feeds(model_path, samples, who, fallback):
+        for feed in calibration_feeds(model_path, samples, who, fallback, text_file):
+            used += 1
             values = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
             for name, value in zip(outputs, values):
                 if name not in wanted:
                     continue
-                total, count = _energy(value)
+                total, count = _energy(value, axis)
                 if np.issubdtype(value.dtype, np.integer):  # token ids: keep them all
                     total = np.concatenate([sums.get(name, np.zeros(0, np.int64)), total])
                 else:
                     total = sums.get(name, 0) + total
                 sums[name] = total
                 counts[name] = counts.get(name, 0) + count
-    return sums, counts
+    return sums, counts, used
 
 
-def _energy(value: np.ndarray) -> tuple[np.ndarray, float]:
+def _energy(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, float]:
     """Per-channel sum of squares and the count behind it (token ids: the ids themselves)."""
     if np.issubdtype(value.dtype, np.integer):
         return value.reshape(-1), 1.0
     x = value.astype(np.float64)
+    if axis is not None:
+        flat = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+        return np.square(flat).sum(axis=0), flat.shape[0]
     if x.ndim == 4:  # NCHW: channels on axis 1
         return np.square(x).sum(axis=(0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3]
     flat = x.reshape(-1, x.shape[-1])

@@ -24,11 +24,9 @@ def input_norm_scale(model: ir.Model, linear, nodes: dict[str, ir.Node] | None =
     """
     nodes = nodes if nodes is not None else node_by_name(model)
     node = nodes.get(linear.node)
-    if node is None:
+    if node is None or not node.inputs or node.inputs[0] is None:
         return None
-    data = [v for v in node.inputs
-            if v is not None and v.const_value is None and v.name not in (linear.weight, linear.transpose)]
-    source = data[0].producer() if data else None
+    source = node.inputs[0].producer()  # the analysis only takes MatMul/Gemm with x as input 0
     if source is None:
         return None
     if source.op_type == "Mul":

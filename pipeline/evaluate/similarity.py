@@ -7,12 +7,14 @@ is ranked against the human scores.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from edgefold import onnx_io, progress
 from edgefold.errors import EdgefoldError
 from edgefold.evaluate import common
-from edgefold.evaluate.data import lee_documents, lee_pair_indices
+from edgefold.evaluate.data import LEE_DOCUMENTS, lee_documents, lee_pair_indices
 
 # all-MiniLM-L6-v2's sentence-transformers max_seq_length; every Lee document fits (<= 154 tokens).
 MAX_TOKENS = 256
@@ -60,8 +62,23 @@ def lee_spearman(session, tokenizer) -> float:
     return float(spearmanr(pair_similarities(emb), human).statistic)
 
 
+class SpearmanDifference(NamedTuple):
+    observed: float  # Spearman(a) - Spearman(b) on the 1,225 pairs
+    low: float  # 2.5th percentile of the paired bootstrap
+    high: float  # 97.5th percentile
+
+
+def _check_embeddings(*embeddings: np.ndarray) -> None:
+    first = embeddings[0]
+    for emb in embeddings:
+        if emb.ndim != 2 or emb.shape[0] != LEE_DOCUMENTS or emb.shape != first.shape:
+            raise EdgefoldError(f"Lee embeddings must be [{LEE_DOCUMENTS}, dim] and alike; got "
+                                f"{', '.join(str(e.shape) for e in embeddings)}")
+
+
 def pair_similarities(emb: np.ndarray) -> np.ndarray:
     """Cosine similarity of the 1,225 Lee pairs, from the 50 L2-normalised document embeddings."""
+    _check_embeddings(emb)
     rows, cols, _ = lee_pair_indices()
     return np.einsum("ij,ij->i", emb[rows], emb[cols])
 
@@ -74,35 +91,39 @@ def pair_fidelity(emb: np.ndarray, reference: np.ndarray) -> float:
     """
     from scipy.stats import spearmanr
 
+    _check_embeddings(emb, reference)
     return float(spearmanr(pair_similarities(emb), pair_similarities(reference)).statistic)
 
 
-def spearman_difference_interval(emb_a: np.ndarray, emb_b: np.ndarray, draws: int = 1000,
-                                 seed: int = 0) -> tuple[float, float, float]:
-    """Paired bootstrap over the 50 documents of Lee Spearman(a) - Spearman(b): (2.5%, 50%, 97.5%).
+def spearman_difference(emb_a: np.ndarray, emb_b: np.ndarray, draws: int = 1000, seed: int = 0) -> SpearmanDifference:
+    """Lee Spearman(a) - Spearman(b), with a 95% paired-bootstrap interval over the 50 documents.
 
     Pairs share documents, so the documents (not the 1,225 pairs) are resampled; a
     resampled document pair that is one document twice is left out.
     """
     from scipy.stats import spearmanr
 
+    _check_embeddings(emb_a, emb_b)
+    if draws < 1:
+        raise EdgefoldError(f"bootstrap draws must be at least 1, got {draws}")
     rows, cols, human = lee_pair_indices()
-    count = emb_a.shape[0]
+    similarities = [pair_similarities(emb_a), pair_similarities(emb_b)]
+    observed = spearmanr(similarities[0], human).statistic - spearmanr(similarities[1], human).statistic
     grids = []
-    for values in (pair_similarities(emb_a), pair_similarities(emb_b), human):
-        grid = np.zeros((count, count))
+    for values in (*similarities, human):
+        grid = np.zeros((LEE_DOCUMENTS, LEE_DOCUMENTS))
         grid[rows, cols] = values
         grids.append(grid + grid.T)
-    upper_i, upper_j = np.triu_indices(count, 1)
+    upper_i, upper_j = np.triu_indices(LEE_DOCUMENTS, 1)
     rng = np.random.default_rng(seed)
     differences = []
     for _ in range(draws):
-        picked = rng.choice(count, count, replace=True)
+        picked = rng.choice(LEE_DOCUMENTS, LEE_DOCUMENTS, replace=True)
         i, j = picked[upper_i], picked[upper_j]
         distinct = i != j
         i, j = i[distinct], j[distinct]
         score_a = spearmanr(grids[0][i, j], grids[2][i, j]).statistic
         score_b = spearmanr(grids[1][i, j], grids[2][i, j]).statistic
         differences.append(score_a - score_b)
-    low, mid, high = np.percentile(differences, [2.5, 50, 97.5])
-    return float(low), float(mid), float(high)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return SpearmanDifference(float(observed), float(low), float(high))

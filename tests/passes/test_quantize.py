@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 
@@ -369,6 +370,15 @@ def test_activation_scaling_keeps_the_function(tiny_lm, tmp_path):
     assert np.array_equal(after["w2"], before["w2"]) and np.array_equal(after["embed"], before["embed"])
     out = onnx_io.save(model, tmp_path / "model.onnx")
     np.testing.assert_allclose(_run(out, LM_FEEDS), _run(tiny_lm, LM_FEEDS), rtol=1e-4, atol=1e-6)
+
+
+def test_calibration_reads_the_users_text(minilm_onnx, tmp_path):
+    text = tmp_path / "calibration.txt"
+    text.write_text("Rain flooded the valley overnight.\nThe council approved the new budget.\n", encoding="utf-8")
+    _, stats = _apply(minilm_onnx, tmp_path, {"format": "int8", "act_scale": 0.5, "calibration_text": str(text)})
+    assert stats["calibration_text_sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+    with pytest.raises(EdgefoldError, match="calibration_text is read only with sensitivity=calibration or act_scale"):
+        create_pass("quantize", {"format": "int8", "calibration_text": str(text)})
 
 
 def test_calibration_needs_a_known_task(tiny_lm, tmp_path):

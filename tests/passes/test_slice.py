@@ -248,3 +248,36 @@ def test_smollm2_sliced_with_spectrum_allocation_runs(smollm2_handle, tmp_path):
     assert stats["channel_ratio"] == pytest.approx(0.2, abs=0.01)
     # Layer 0 and the last two (the sensitive ones) keep more than the average layer.
     assert min(kept[0], kept[-1], kept[-2]) > np.mean(kept)
+
+
+def test_calibration_energy_uses_the_asked_channel_axis():
+    from edgefold.passes.common.calibration import _energy
+
+    x = np.random.default_rng(0).normal(size=(2, 1, 3, 5))  # a 4-D MatMul input: channels last, not NCHW
+    total, count = _energy(x, axis=-1)
+    np.testing.assert_allclose(total, np.square(x).reshape(-1, 5).sum(0))
+    assert count == 6
+    assert _energy(x)[0].shape == (1,)  # the default reads 4-D as NCHW (quantize's conv inputs)
+
+
+def test_activation_reads_the_users_calibration_text(minilm_handle, gated, tmp_path):
+    text = tmp_path / "calibration.txt"
+    text.write_text("The river flooded the town after days of rain.\n\n"
+                    "Shares fell sharply on Monday as investors sold.\nA new vaccine was approved.\n", encoding="utf-8")
+    options = {"ratio": 0.3, "method": "activation"}
+    path, stats, _ = _slice(minilm_handle, {**options, "calibration_text": str(text)}, tmp_path / "own")
+    onnx_io.check(path)
+    assert stats["calibration_samples"] == 3  # the blank line is not a document
+    assert stats["calibration_text_sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+    lee_path, lee_stats, _ = _slice(minilm_handle, {**options, "calibration_samples": 3}, tmp_path / "lee")
+    assert "calibration_text_sha256" not in lee_stats and _sha(lee_path) != _sha(path)
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    for source, file, message in [(minilm_handle, tmp_path / "missing.txt", "slice: cannot read calibration_text"),
+                                  (minilm_handle, empty, "slice: calibration_text .* has no text"),
+                                  (gated, text, "slice: calibration_text needs a text model")]:
+        with pytest.raises(EdgefoldError, match=message):
+            _slice(source, {**options, "calibration_text": str(file)}, tmp_path / "bad")
+    with pytest.raises(EdgefoldError, match="calibration_text is read only by method=activation"):
+        create_pass("slice", {"ratio": 0.3, "calibration_text": str(text)})

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import onnx
 import pytest
+import scipy.stats
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefold import onnx_io
@@ -282,14 +283,22 @@ def test_minilm_lee_spearman_real(minilm_onnx):
 def test_lee_pair_fidelity_and_bootstrap_interval(minilm_onnx):
     emb = similarity.embed(onnx_io.session(minilm_onnx), "minilm-l6", data.lee_documents())
     assert similarity.pair_fidelity(emb, emb) == pytest.approx(1.0)
-    assert similarity.spearman_difference_interval(emb, emb, draws=50) == (0.0, 0.0, 0.0)
+    assert tuple(similarity.spearman_difference(emb, emb, draws=50)) == (0.0, 0.0, 0.0)
     # Mostly noise: the similarity ranking is lost, and the paired interval sees it.
     noisy = emb + np.random.default_rng(0).normal(scale=0.5, size=emb.shape)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
     assert similarity.pair_fidelity(noisy, emb) < 0.6
-    low, mid, high = similarity.spearman_difference_interval(emb, noisy, draws=200)
-    assert 0.0 < low < mid < high
-    assert similarity.spearman_difference_interval(noisy, emb, draws=200)[2] < 0.0
+    difference = similarity.spearman_difference(emb, noisy, draws=200)
+    human = data.lee_pair_indices()[2]
+    expected = (scipy.stats.spearmanr(similarity.pair_similarities(emb), human).statistic
+                - scipy.stats.spearmanr(similarity.pair_similarities(noisy), human).statistic)
+    assert difference.observed == pytest.approx(expected)
+    assert 0.0 < difference.low < difference.observed < difference.high
+    assert similarity.spearman_difference(noisy, emb, draws=200).high < 0.0
+    with pytest.raises(EdgefoldError, match="Lee embeddings must be"):
+        similarity.pair_fidelity(emb[:10], emb[:10])
+    with pytest.raises(EdgefoldError, match="draws must be at least 1"):
+        similarity.spearman_difference(emb, emb, draws=0)
 
 
 def test_effnet_self_agreement(effnet_onnx):
