@@ -21,6 +21,11 @@ class PassConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
+    def input_files(self) -> list[str]:
+        """Files the pass reads besides the model: their content is part of a build's inputs,
+        so editing one makes the next build run again instead of reusing the old artifact."""
+        return []
+
 
 @dataclass
 class PassContext:

@@ -86,9 +86,18 @@ class QuantizeConfig(PassConfig):
             raise ValueError("block/scheme go with format=...; for mixed precision list formats=[...]")
         if self.formats is not None and self.format is not None:
             raise ValueError("formats=[...] lists mixed-precision candidates; it does not go with format=")
-        if self.calibration_text is not None and self.sensitivity != "calibration" and self.act_scale is None:
-            raise ValueError("calibration_text is read only with sensitivity=calibration or act_scale")
+        if self.calibration_text is not None:
+            # Measured energy shapes the model only through act_scale or a mixed-precision budget.
+            mixed_calibrated = self.sensitivity == "calibration" and (self.avg_bits is not None or self.size_mb is not None)
+            if self.act_scale is None and not mixed_calibrated:
+                raise ValueError("calibration_text is read only with act_scale, or sensitivity=calibration "
+                                 "with avg_bits/size_mb")
+            if not Path(self.calibration_text).is_file():
+                raise ValueError(f"calibration_text {self.calibration_text}: no such file")
         return self
+
+    def input_files(self) -> list[str]:
+        return [self.calibration_text] if self.calibration_text is not None else []
 
 
 @dataclass
@@ -252,6 +261,7 @@ class QuantizePass(GraphPass):
             return PassOutcome(model, {"weights": 0, "note": "no fp32 weights to quantize"})
         fixed = self._fixed_formats(sites, allowed, profile_name)
         self._scaled = 0
+        self._calibration = None  # CalibrationRun when samples are measured
         self._measure_energy(model, sites, context)
 
         mixed = cfg.avg_bits is not None or cfg.size_mb is not None
@@ -284,10 +294,8 @@ class QuantizePass(GraphPass):
         stats = _stats(rows, bytes_before, bytes_after, budget, "mixed" if mixed else "uniform", cfg)
         if cfg.act_scale is not None:
             stats["act_scaled_norms"] = self._scaled
-        if cfg.calibration_text is not None:
-            from edgefold.passes.common.calibration import calibration_text_digest
-
-            stats.update(calibration_text_digest(cfg.calibration_text))
+        if self._calibration is not None:
+            stats.update(self._calibration.stats())
         if budget is not None and fixed:  # what the budget was spent on: the weights not pinned
             free = [r for r in rows if r[0] not in fixed]
             budget["avg_bits_allocated"] = round(8 * sum(r[3] for r in free) / max(sum(r[2] // 4 for r in free), 1), 4)
@@ -373,7 +381,8 @@ class QuantizePass(GraphPass):
         if self.config.sensitivity == "calibration" or self.config.act_scale is not None:
             from edgefold.passes.common.calibration import measure_energy
 
-            measure_energy(context.model_path, sites, self.config.calibration_samples, self.config.calibration_text)
+            self._calibration = measure_energy(context.model_path, sites, self.config.calibration_samples,
+                                               self.config.calibration_text)
         if self.config.act_scale is not None:
             from edgefold.passes.common.act_scaling import scale_norm_inputs
 

@@ -91,9 +91,15 @@ class SliceConfig(PassConfig):
 
     @pydantic.model_validator(mode="after")
     def _calibration_text_needs_activation(self):
-        if self.calibration_text is not None and self.method != "activation":
-            raise ValueError("calibration_text is read only by method=activation")
+        if self.calibration_text is not None:
+            if self.method != "activation":
+                raise ValueError("calibration_text is read only by method=activation")
+            if not Path(self.calibration_text).is_file():
+                raise ValueError(f"calibration_text {self.calibration_text}: no such file")
         return self
+
+    def input_files(self) -> list[str]:
+        return [path for path in (self.policy, self.calibration_text) if path is not None]
 
     @pydantic.field_validator("ratios")
     @classmethod
@@ -167,14 +173,14 @@ def intermediate_name(view: FfnView, nodes: dict[str, ir.Node]) -> str:
 
 
 def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples: int,
-                      text_file: str | None = None) -> tuple[list[np.ndarray], int]:
+                      text_file: str | None = None) -> tuple[list[np.ndarray], dict]:
     """sqrt(E[h_j^2]) x |W_down[:, j]| per FFN (how much output energy each channel carries on
-    real text), and how many calibration samples were run."""
+    real text), and the calibration's stats (samples run, the user's text digest)."""
     from edgefold.passes.common.calibration import channel_mean_squares
 
     nodes = node_by_name(model)
     names = [intermediate_name(v, nodes) for v in views]
-    measured, used = channel_mean_squares(model_path, names, samples, "slice",
+    measured, run = channel_mean_squares(model_path, names, samples, "slice",
                                           "use method=policy (calibration-free)", axis=-1, text_file=text_file)
     scores = []
     for view, name in zip(views, names):
@@ -183,7 +189,7 @@ def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples
             raise EdgefoldError(f"slice: measured {name} has shape {getattr(energy, 'shape', None)}, "
                                 f"expected ({view.channels},)")
         scores.append(np.sqrt(energy) * np.linalg.norm(view.down.astype(np.float64), axis=1))
-    return scores, used
+    return scores, run.stats()
 
 
 # --- allocation ----------------------------------------------------------------------------
@@ -260,11 +266,8 @@ class SlicePass(GraphPass):
         start = time.perf_counter()
         views = ffn_views(model, groups)
         if config.method == "activation":
-            from edgefold.passes.common.calibration import calibration_text_digest
-
-            scores, used = activation_scores(model, views, context.model_path, config.calibration_samples,
-                                             config.calibration_text)
-            policy_stats = {"calibration_samples": used, **calibration_text_digest(config.calibration_text)}
+            scores, policy_stats = activation_scores(model, views, context.model_path, config.calibration_samples,
+                                                     config.calibration_text)
         else:
             scores, policy_stats = self._scores(views, config, seed)
         kept = self._kept_widths(views, scores, config, multiple)

@@ -90,7 +90,17 @@ def build_inputs_hash(handle: ModelHandle, recipe: Recipe, profile) -> str:
     recipe_part = recipe.model_dump(mode="json", exclude={"output"})
     return sha256_json({"model": handle.source_sha256, "recipe": recipe_part,
                         "profile": profile.model_dump(mode="json"), "versions": tool_versions(),
-                        "code": code_fingerprint()})
+                        "code": code_fingerprint(), "pass_files": pass_input_files(recipe)})
+
+
+def pass_input_files(recipe: Recipe) -> dict[str, str | None]:
+    """sha256 of every file a pass option names (policy, calibration text); None if absent."""
+    digests = {}
+    for index, entry in enumerate(recipe.passes):
+        for path in create_pass(entry.name, entry.options).config.input_files():
+            file = Path(path)
+            digests[f"{index}.{entry.name}:{path}"] = sha256_file(file) if file.is_file() else None
+    return digests
 
 
 def _reusable(out_dir: Path, inputs_hash: str) -> dict[str, Any] | None:

@@ -16,9 +16,9 @@ document per line).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,28 +31,35 @@ from edgefold.models.metadata import TOKENIZER_KEY, Task, load_tokenizer, model_
 TEXT_TOKENS = 256  # at most this many tokens per calibration document
 
 
+@dataclass
+class CalibrationRun:
+    """What a calibration actually read, for the pass stats (and so the manifest)."""
+
+    samples: int = 0  # documents/batches run (a corpus may hold fewer than asked)
+    text_sha256: str | None = None  # of the user's documents that were run (calibration_text)
+
+    def stats(self) -> dict:
+        extra = {"calibration_text_sha256": self.text_sha256} if self.text_sha256 else {}
+        return {"calibration_samples": self.samples, **extra}
+
+
 def read_calibration_text(path: str | Path, who: str) -> list[str]:
-    """A user's calibration text: UTF-8, one document per non-empty line."""
+    """A user's calibration text: UTF-8 (a BOM is fine), one document per non-empty line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise EdgefoldError(f"{who}: cannot read calibration_text {path}: {error}") from None
-    documents = [line.strip() for line in text.splitlines() if line.strip()]
+    documents = [line.strip() for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
     if not documents:
         raise EdgefoldError(f"{who}: calibration_text {path} has no text (one document per line)")
     return documents
 
 
-def calibration_text_digest(path: str | Path | None) -> dict[str, str]:
-    """For pass stats (and so the manifest): the option holds only the text's path."""
-    if path is None:
-        return {}
-    return {"calibration_text_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
-
-
 def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
                       fallback: str = "drop act_scale and use sensitivity=data-free",
-                      text_file: str | Path | None = None) -> list[dict[str, np.ndarray]]:
+                      text_file: str | Path | None = None, run: CalibrationRun | None = None) -> list[dict[str, np.ndarray]]:
+    """Model inputs for `samples` calibration documents/batches; `run` (if given) records the
+    digest of a user's documents actually used."""
     meta = onnx_io.metadata(model_path)
     task = model_task(meta)
     if text_file is not None and task not in (Task.CAUSAL_LM, Task.SENTENCE_EMBEDDING):
@@ -61,6 +68,8 @@ def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
         tokenizer = load_tokenizer(meta.get(TOKENIZER_KEY) or "")
         if text_file is not None:
             documents = read_calibration_text(text_file, who)[:samples]
+            if run is not None:
+                run.text_sha256 = hashlib.sha256("\n".join(documents).encode("utf-8")).hexdigest()
         else:
             from gensim.test.utils import datapath
 
@@ -88,12 +97,13 @@ def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
                         f"image or digits classifier); {fallback}")
 
 
-def measure_energy(model_path: Path | None, sites, samples: int, text_file: str | Path | None = None) -> None:
+def measure_energy(model_path: Path | None, sites, samples: int,
+                   text_file: str | Path | None = None) -> CalibrationRun:
     """Set `reader.energy` of every reader of `sites` from real samples (in place)."""
     if model_path is None:
         raise EdgefoldError("quantize: calibration needs the model file")
     wanted = sorted({r.activation.name for s in sites for r in s.readers if r.activation is not None})
-    sums, counts, _ = _accumulate(Path(model_path), wanted, samples, "quantize", text_file=text_file)
+    sums, counts, run = _accumulate(Path(model_path), wanted, samples, "quantize", text_file=text_file)
     for site in sites:
         rows = site.value.const_value.shape[0]
         for reader in site.readers:
@@ -106,34 +116,35 @@ def measure_energy(model_path: Path | None, sites, samples: int, text_file: str 
                 reader.energy = np.bincount(ids.astype(np.int64), minlength=rows)[:rows] + 1.0
             elif sums[name].shape == (width,):
                 reader.energy = sums[name] / counts[name]
+    return run
 
 
 def channel_mean_squares(model_path: Path | None, names: list[str], samples: int, who: str,
                          fallback: str, axis: int | None = None,
-                         text_file: str | Path | None = None) -> tuple[dict[str, np.ndarray], int]:
+                         text_file: str | Path | None = None) -> tuple[dict[str, np.ndarray], CalibrationRun]:
     """Mean square per channel of every float tensor in `names` over the calibration samples,
-    and the number of samples run (the corpus may hold fewer than asked). `axis` is the
-    channel axis; None means axis 1 of 4-D tensors (NCHW) and the last axis otherwise."""
+    and what was run. `axis` is the channel axis; None means axis 1 of 4-D tensors (NCHW) and
+    the last axis otherwise."""
     if model_path is None:
         raise EdgefoldError(f"{who}: calibration needs the model file; {fallback}")
-    sums, counts, used = _accumulate(Path(model_path), sorted(set(names)), samples, who, fallback, axis, text_file)
-    return {name: sums[name] / counts[name] for name in sums}, used
+    sums, counts, run = _accumulate(Path(model_path), sorted(set(names)), samples, who, fallback, axis, text_file)
+    return {name: sums[name] / counts[name] for name in sums}, run
 
 
 def _accumulate(model_path: Path, wanted: list[str], samples: int, who: str,
                 fallback: str = "drop act_scale and use sensitivity=data-free", axis: int | None = None,
                 text_file: str | Path | None = None):
     """Per-channel sums of squares (token ids: the ids themselves) and counts of `wanted`,
-    and the number of samples run."""
+    and what was run."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, float] = {}
-    used = 0
+    run = CalibrationRun()
     with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
         session = _session_with_outputs(model_path, wanted, Path(tmp))
         inputs = {i.name for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
-        for feed in calibration_feeds(model_path, samples, who, fallback, text_file):
-            used += 1
+        for feed in calibration_feeds(model_path, samples, who, fallback, text_file, run):
+            run.samples += 1
             values = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
             for name, value in zip(outputs, values):
                 if name not in wanted:
@@ -145,7 +156,7 @@ def _accumulate(model_path: Path, wanted: list[str], samples: int, who: str,
                     total = sums.get(name, 0) + total
                 sums[name] = total
                 counts[name] = counts.get(name, 0) + count
-    return sums, counts, used
+    return sums, counts, run
 
 
 def _energy(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, float]:
@@ -163,7 +174,12 @@ def _energy(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, flo
 
 
 def _session_with_outputs(model_path: Path, names: list[str], tmp: Path):
-    """A session on the same graph with `names` as extra outputs (external data hard-linked, not copied)."""
+    """A session on the same graph with `names` as extra outputs, on a copy of the external data.
+
+    A copy, not a hard link: while a link exists the source has two links, and onnx_ir then
+    refuses to load it (its hard-link guard), which broke any other job reading the same
+    cached export at that moment. The copy costs ~0.3 s for SmolLM2's 538 MB.
+    """
     proto = onnx.load(str(model_path), load_external_data=False)
     existing = {o.name for o in proto.graph.output}
     for name in names:
@@ -171,10 +187,7 @@ def _session_with_outputs(model_path: Path, names: list[str], tmp: Path):
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
     data = onnx_io.data_path_for(model_path)
     if data.exists():  # onnxruntime refuses external data that resolves outside the model's folder
-        try:
-            os.link(data.resolve(), tmp / data.name)
-        except OSError:  # another filesystem: copy
-            shutil.copyfile(data, tmp / data.name)
+        shutil.copyfile(data, tmp / data.name)
     path = tmp / model_path.name
     onnx.save(proto, str(path))
     return onnx_io.session(path)

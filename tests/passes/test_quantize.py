@@ -376,9 +376,12 @@ def test_calibration_reads_the_users_text(minilm_onnx, tmp_path):
     text = tmp_path / "calibration.txt"
     text.write_text("Rain flooded the valley overnight.\nThe council approved the new budget.\n", encoding="utf-8")
     _, stats = _apply(minilm_onnx, tmp_path, {"format": "int8", "act_scale": 0.5, "calibration_text": str(text)})
-    assert stats["calibration_text_sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
-    with pytest.raises(EdgefoldError, match="calibration_text is read only with sensitivity=calibration or act_scale"):
-        create_pass("quantize", {"format": "int8", "calibration_text": str(text)})
+    assert stats["calibration_samples"] == 2
+    assert stats["calibration_text_sha256"] == hashlib.sha256(text.read_bytes().rstrip(b"\n")).hexdigest()
+    # Options under which the text would be read but change nothing are refused.
+    for ignored in ({"format": "int8"}, {"format": "int8", "sensitivity": "calibration"}):
+        with pytest.raises(EdgefoldError, match="calibration_text is read only with act_scale"):
+            create_pass("quantize", {**ignored, "calibration_text": str(text)})
 
 
 def test_calibration_needs_a_known_task(tiny_lm, tmp_path):

@@ -268,13 +268,17 @@ def test_activation_reads_the_users_calibration_text(minilm_handle, gated, tmp_p
     path, stats, _ = _slice(minilm_handle, {**options, "calibration_text": str(text)}, tmp_path / "own")
     onnx_io.check(path)
     assert stats["calibration_samples"] == 3  # the blank line is not a document
-    assert stats["calibration_text_sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+    documents = [line for line in text.read_text().split("\n") if line]
+    assert stats["calibration_text_sha256"] == hashlib.sha256("\n".join(documents).encode()).hexdigest()
+    _, two, _ = _slice(minilm_handle, {**options, "calibration_text": str(text), "calibration_samples": 2},
+                       tmp_path / "two")
+    assert two["calibration_samples"] == 2 and two["calibration_text_sha256"] != stats["calibration_text_sha256"]
     lee_path, lee_stats, _ = _slice(minilm_handle, {**options, "calibration_samples": 3}, tmp_path / "lee")
     assert "calibration_text_sha256" not in lee_stats and _sha(lee_path) != _sha(path)
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
-    for source, file, message in [(minilm_handle, tmp_path / "missing.txt", "slice: cannot read calibration_text"),
+    for source, file, message in [(minilm_handle, tmp_path / "missing.txt", "calibration_text .*missing.txt: no such file"),
                                   (minilm_handle, empty, "slice: calibration_text .* has no text"),
                                   (gated, text, "slice: calibration_text needs a text model")]:
         with pytest.raises(EdgefoldError, match=message):

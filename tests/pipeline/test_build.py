@@ -73,3 +73,22 @@ def test_default_build_on_smollm2(cli, tmp_path, smollm2_onnx, monkeypatch):
     report = json.loads((tmp_path / "dist" / "compile-report.json").read_text())
     assert report["buckets"]["decode"]["latency"]["tvm_ms"] > 0
     assert report["buckets"]["decode"]["latency"]["onnxruntime_ms"] > 0
+
+
+def test_files_named_by_pass_options_are_build_inputs(tmp_path):
+    # Editing a calibration text (or a policy file) must make the next build run again,
+    # not reuse the artifact built from the old content: the option itself is only a path.
+    from edgefold.build import pass_input_files
+    from edgefold.recipe import PassEntry, Recipe
+
+    text = tmp_path / "calibration.txt"
+    text.write_text("first version\n", encoding="utf-8")
+    policy = tmp_path / "policy.pt"  # not trained yet
+    recipe = Recipe(passes=[PassEntry(name="slice", method="activation", calibration_text=str(text)),
+                            PassEntry(name="slice", policy=str(policy)), PassEntry(name="cleanup")])
+    before = pass_input_files(recipe)
+    assert len(before) == 2 and before[f"1.slice:{policy}"] is None
+    assert pass_input_files(recipe) == before
+    text.write_text("second version\n", encoding="utf-8")
+    after = pass_input_files(recipe)
+    assert after[f"0.slice:{text}"] != before[f"0.slice:{text}"]
