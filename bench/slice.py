@@ -111,13 +111,17 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
         print(f"{name} {method} {setting}: {metric} {metrics[metric]:.4g}, KS {stats['mean_ks']:.4f}, "
               + (f"cosine {cosine:.4f}, " if reference_embeddings is not None else "")
               + f"{seconds:.1f}s", flush=True)
+    if reference_embeddings is None:
+        return
+
+    def embeddings_of(method: str, setting: str):
+        return reference_embeddings if method == "fp32" else embedded[method, setting]
+
     # Paired bootstrap over the 50 documents: is a Lee Spearman difference more than noise?
-    embedded["fp32"] = reference_embeddings
-    for ratio in ratios if reference_embeddings is not None else []:
+    for ratio in ratios:
         setting = f"{ratio:.0%}"
         for first, second in DIFFERENCES:
-            diff = spearman_difference(embedded.get(first) if first == "fp32" else embedded[first, setting],
-                                       embedded.get(second) if second == "fp32" else embedded[second, setting])
+            diff = spearman_difference(embeddings_of(first, setting), embeddings_of(second, setting))
             rows.append(Row(name, f"{first} - {second}", setting, "lee_spearman_difference", diff.observed,
                             extra={"ci95": [round(diff.low, 4), round(diff.high, 4)],
                                    "bootstrap": "1000 paired draws over the 50 documents"}))

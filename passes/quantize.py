@@ -92,8 +92,9 @@ class QuantizeConfig(PassConfig):
             if self.act_scale is None and not mixed_calibrated:
                 raise ValueError("calibration_text is read only with act_scale, or sensitivity=calibration "
                                  "with avg_bits/size_mb")
-            if not Path(self.calibration_text).is_file():
-                raise ValueError(f"calibration_text {self.calibration_text}: no such file")
+            from edgefold.passes.common.calibration import require_calibration_text
+
+            require_calibration_text(self.calibration_text)
         return self
 
     def input_files(self) -> list[str]:

@@ -94,8 +94,9 @@ class SliceConfig(PassConfig):
         if self.calibration_text is not None:
             if self.method != "activation":
                 raise ValueError("calibration_text is read only by method=activation")
-            if not Path(self.calibration_text).is_file():
-                raise ValueError(f"calibration_text {self.calibration_text}: no such file")
+            from edgefold.passes.common.calibration import require_calibration_text
+
+            require_calibration_text(self.calibration_text)
         return self
 
     def input_files(self) -> list[str]:

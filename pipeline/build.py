@@ -86,20 +86,21 @@ def code_fingerprint() -> str:
     return sha256_files(files, root=None)
 
 
-def build_inputs_hash(handle: ModelHandle, recipe: Recipe, profile) -> str:
+def build_inputs_hash(handle: ModelHandle, recipe: Recipe, profile, passes) -> str:
     recipe_part = recipe.model_dump(mode="json", exclude={"output"})
     return sha256_json({"model": handle.source_sha256, "recipe": recipe_part,
                         "profile": profile.model_dump(mode="json"), "versions": tool_versions(),
-                        "code": code_fingerprint(), "pass_files": pass_input_files(recipe)})
+                        "code": code_fingerprint(), "pass_files": pass_input_files(passes)})
 
 
-def pass_input_files(recipe: Recipe) -> dict[str, str | None]:
-    """sha256 of every file a pass option names (policy, calibration text); None if absent."""
+def pass_input_files(passes) -> dict[str, str | None]:
+    """sha256 of every file the recipe's passes name in their options (policy, calibration
+    text); None if absent."""
     digests = {}
-    for index, entry in enumerate(recipe.passes):
-        for path in create_pass(entry.name, entry.options).config.input_files():
+    for index, graph_pass in enumerate(passes):
+        for path in graph_pass.config.input_files():
             file = Path(path)
-            digests[f"{index}.{entry.name}:{path}"] = sha256_file(file) if file.is_file() else None
+            digests[f"{index}.{graph_pass.name}:{path}"] = sha256_file(file) if file.is_file() else None
     return digests
 
 
@@ -155,7 +156,7 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     handle = export_model(resolve_relative(recipe.model, base_dir))
     out_dir = Path(output) if output else (base_dir / recipe.output if recipe.output
                                             else default_output(handle, profile.name))
-    inputs_hash = build_inputs_hash(handle, recipe, profile)
+    inputs_hash = build_inputs_hash(handle, recipe, profile, passes)
     if reuse and (manifest := _reusable(out_dir, inputs_hash)) is not None:
         progress.info(f"reused {out_dir}: model, recipe, profile and tools unchanged (inputs {inputs_hash[:12]})")
         if (report := _stored_report(out_dir)) is not None:

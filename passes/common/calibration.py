@@ -55,8 +55,13 @@ def read_calibration_text(path: str | Path, who: str) -> list[str]:
     return documents
 
 
-def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
-                      fallback: str = "drop act_scale and use sensitivity=data-free",
+def require_calibration_text(path: str | None) -> None:
+    """Config-time check shared by the passes' `calibration_text` options (a pydantic validator error)."""
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"calibration_text {path}: no such file")
+
+
+def calibration_feeds(model_path: Path, samples: int, who: str, fallback: str,
                       text_file: str | Path | None = None, run: CalibrationRun | None = None) -> list[dict[str, np.ndarray]]:
     """Model inputs for `samples` calibration documents/batches; `run` (if given) records the
     digest of a user's documents actually used."""
@@ -100,10 +105,9 @@ def calibration_feeds(model_path: Path, samples: int, who: str = "quantize",
 def measure_energy(model_path: Path | None, sites, samples: int,
                    text_file: str | Path | None = None) -> CalibrationRun:
     """Set `reader.energy` of every reader of `sites` from real samples (in place)."""
-    if model_path is None:
-        raise EdgefoldError("quantize: calibration needs the model file")
     wanted = sorted({r.activation.name for s in sites for r in s.readers if r.activation is not None})
-    sums, counts, run = _accumulate(Path(model_path), wanted, samples, "quantize", text_file=text_file)
+    sums, counts, run = _accumulate(model_path, wanted, samples, "quantize",
+                                    "drop act_scale and use sensitivity=data-free", text_file=text_file)
     for site in sites:
         rows = site.value.const_value.shape[0]
         for reader in site.readers:
@@ -125,17 +129,17 @@ def channel_mean_squares(model_path: Path | None, names: list[str], samples: int
     """Mean square per channel of every float tensor in `names` over the calibration samples,
     and what was run. `axis` is the channel axis; None means axis 1 of 4-D tensors (NCHW) and
     the last axis otherwise."""
-    if model_path is None:
-        raise EdgefoldError(f"{who}: calibration needs the model file; {fallback}")
-    sums, counts, run = _accumulate(Path(model_path), sorted(set(names)), samples, who, fallback, axis, text_file)
+    sums, counts, run = _accumulate(model_path, sorted(set(names)), samples, who, fallback, axis, text_file)
     return {name: sums[name] / counts[name] for name in sums}, run
 
 
-def _accumulate(model_path: Path, wanted: list[str], samples: int, who: str,
-                fallback: str = "drop act_scale and use sensitivity=data-free", axis: int | None = None,
-                text_file: str | Path | None = None):
+def _accumulate(model_path: Path | None, wanted: list[str], samples: int, who: str, fallback: str,
+                axis: int | None = None, text_file: str | Path | None = None):
     """Per-channel sums of squares (token ids: the ids themselves) and counts of `wanted`,
-    and what was run."""
+    and what was run. `who`/`fallback` start and end the one-line errors."""
+    if model_path is None:
+        raise EdgefoldError(f"{who}: calibration needs the model file; {fallback}")
+    model_path = Path(model_path)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, float] = {}
     run = CalibrationRun()

@@ -79,16 +79,16 @@ def test_files_named_by_pass_options_are_build_inputs(tmp_path):
     # Editing a calibration text (or a policy file) must make the next build run again,
     # not reuse the artifact built from the old content: the option itself is only a path.
     from edgefold.build import pass_input_files
-    from edgefold.recipe import PassEntry, Recipe
+    from edgefold.passes.registry import create_pass
 
     text = tmp_path / "calibration.txt"
     text.write_text("first version\n", encoding="utf-8")
     policy = tmp_path / "policy.pt"  # not trained yet
-    recipe = Recipe(passes=[PassEntry(name="slice", method="activation", calibration_text=str(text)),
-                            PassEntry(name="slice", policy=str(policy)), PassEntry(name="cleanup")])
-    before = pass_input_files(recipe)
+    passes = [create_pass("slice", {"method": "activation", "calibration_text": str(text)}),
+              create_pass("slice", {"policy": str(policy)}), create_pass("cleanup")]
+    before = pass_input_files(passes)
     assert len(before) == 2 and before[f"1.slice:{policy}"] is None
-    assert pass_input_files(recipe) == before
+    assert pass_input_files(passes) == before
     text.write_text("second version\n", encoding="utf-8")
-    after = pass_input_files(recipe)
+    after = pass_input_files(passes)
     assert after[f"0.slice:{text}"] != before[f"0.slice:{text}"]
