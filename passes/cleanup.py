@@ -14,6 +14,7 @@ from onnxscript.optimizer import _constant_folding
 from onnxscript.rewriter.rules.common import _fuse_batchnorm
 
 from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
+from edgefold.passes.common.reporting import nothing_removed
 from edgefold.passes.registry import register_pass
 
 
@@ -70,4 +71,8 @@ class CleanupPass(GraphPass):
         nodes_before = len(list(model.graph.all_nodes()))
         tidy_graph(model, fuse_batchnorm=self.config.fuse_batchnorm, iterations=self.config.iterations)
         nodes_after = len(list(model.graph.all_nodes()))
-        return PassOutcome(model, {"nodes_before": nodes_before, "nodes_after": nodes_after})
+        # Negative when inlining model-local functions added more nodes than folding removed.
+        stats = {"nodes_before": nodes_before, "nodes_after": nodes_after, "removed": nodes_before - nodes_after}
+        if nodes_after == nodes_before:
+            nothing_removed(stats, "cleanup", f"all {nodes_before} nodes stay (nothing to fold, deduplicate or drop)")
+        return PassOutcome(model, stats)

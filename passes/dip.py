@@ -22,6 +22,7 @@ import pydantic
 from edgefold.errors import EdgefoldError
 from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
 from edgefold.passes.common.initializers import node_by_name
+from edgefold.passes.common.reporting import nothing_removed, warn_if_rounded
 from edgefold.passes.registry import register_pass
 from edgefold.simulate.masking import keep_count
 
@@ -57,7 +58,8 @@ class DipPass(GraphPass):
         nodes = node_by_name(model)
         order = {id(node): index for index, node in enumerate(model.graph)}
         masked = read_fraction = 0.0
-        rewritten = 0
+        rewritten = dropped = 0
+        kept_in = kept_mid = 0
         for group in groups:
             k_in = keep_count(group.hidden, s_in)
             k_mid = keep_count(group.intermediate, s_mid)
@@ -70,13 +72,18 @@ class DipPass(GraphPass):
                 _mask_inputs(model, [consumer], k_mid, f"dip.{group.name}.mid", order)
                 masked += 1
             rewritten += int(k_in < group.hidden or k_mid < group.intermediate)
+            dropped += group.hidden - k_in + group.intermediate - k_mid
+            kept_in, kept_mid = kept_in + k_in, kept_mid + k_mid
             # Weight bytes a token reads from this MLP, relative to dense: producers read
             # K_in of their input columns, the consumer K_mid of its input columns.
             n_prod = len(group.producers)
             dense = (n_prod + 1) * group.hidden * group.intermediate
             read_fraction += (n_prod * k_in * group.intermediate + k_mid * group.hidden) / dense
         first = groups[0]
-        return PassOutcome(model, {
+        # Per token: K is a whole number of channels, so the sparsity achieved is rounded.
+        achieved_in = 1 - kept_in / sum(g.hidden for g in groups)
+        achieved_mid = 1 - kept_mid / sum(g.intermediate for g in groups)
+        stats = {
             "mlps": len(groups),
             "mlps_rewritten": rewritten,
             "masks_inserted": int(masked),
@@ -85,7 +92,19 @@ class DipPass(GraphPass):
             "intermediate_keep": keep_count(first.intermediate, s_mid),
             "intermediate_width": first.intermediate,
             "mlp_weight_fraction_read": round(read_fraction / len(groups), 6),
-        })
+            "removed": int(dropped),  # channels masked out per token, all MLPs together
+            "input_sparsity": {"requested": s_in, "achieved": round(achieved_in, 6)},
+            "intermediate_sparsity": {"requested": s_mid, "achieved": round(achieved_mid, 6)},
+        }
+        if not masked:
+            widths = ", ".join(f"{g.hidden}/{g.intermediate}" for g in groups[:4]) + (", ..." if len(groups) > 4 else "")
+            nothing_removed(stats, "dip", f"no mask inserted: sparsity {s_in:g}/{s_mid:g} keeps every channel of "
+                                          f"MLPs of widths {widths} (input/intermediate)")
+        else:
+            why = "K is a whole number of channels, at least one"
+            warn_if_rounded("dip", s_in, achieved_in, "the MLP input channels per token", why)
+            warn_if_rounded("dip", s_mid, achieved_mid, "the MLP intermediate channels per token", why)
+        return PassOutcome(model, stats)
 
 
 def _mask_inputs(model: ir.Model, readers: list[ir.Node], k: int, prefix: str, order: dict[int, int]) -> None:

@@ -49,6 +49,7 @@ from edgefold.passes.common.fold_math import (
     random_keep,
 )
 from edgefold.passes.common.kmeans import canonical_labels, kmeans_labels, ward_labels, ward_tree
+from edgefold.passes.common.reporting import nothing_removed, warn_if_rounded
 from edgefold.passes.registry import register_pass
 
 Structure = Literal["ffn", "attention", "conv"]
@@ -156,7 +157,33 @@ class FoldPass(GraphPass):
                 continue
             keep_or_labels = self._assign(plan, rng, seed)
             self._apply(model, analysis, plan, keep_or_labels)
+        self._report(plans, stats, multiple)
         return PassOutcome(model, stats)
+
+    def _report(self, plans: list[_Plan], stats: dict[str, Any], multiple: int) -> None:
+        """Channels removed, and the parameter ratio achieved per structure against `ratio`."""
+        cfg = self.config
+        removed = sum(p.width - p.keep for p in plans)
+        explicit = {p.name for p in plans if p.name in cfg.ratios or p.label in cfg.ratios}
+        achieved: dict[str, float] = {}
+        for structure in cfg.structures:
+            members = [p for p in plans if p.structure == structure]
+            if not members:
+                continue
+            # The allocator's own accounting: conv sets share tensors, counted once.
+            total = _structure_params(members) if structure == "conv" else sum(p.width * p.params_per_channel
+                                                                                for p in members)
+            ratio = sum((p.width - p.keep) * p.params_per_channel for p in members) / max(total, 1)
+            achieved[structure] = round(ratio, 6)
+            if removed and not explicit & {p.name for p in members}:
+                warn_if_rounded("fold", cfg.ratio, ratio, f"the {structure} parameters")
+        stats["removed"] = removed
+        stats["requested_ratio"] = cfg.ratio
+        stats["achieved_ratio"] = achieved
+        if removed == 0:
+            widths = ", ".join(sorted({str(p.width) for p in plans}, key=int))
+            nothing_removed(stats, "fold", f"every group keeps all its channels (widths {widths}, ratio {cfg.ratio:g}, "
+                                           f"channel multiple {multiple})")
 
     # --- planning ----------------------------------------------------------------------
     def _plans(self, model: ir.Model, analysis, multiple: int) -> list[_Plan]:

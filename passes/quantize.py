@@ -40,6 +40,7 @@ from edgefold.passes.base import GraphPass, PassConfig, PassContext, PassOutcome
 from edgefold.passes.common import quant_formats as qf
 from edgefold.passes.common.quant_graph import emit_dequantize, emit_matmul_nbits, nbits_bytes, nbits_ready, nbits_storage
 from edgefold.passes.common.bit_allocation import Option, Reader, allocate, relative_error
+from edgefold.passes.common.reporting import nothing_removed
 from edgefold.passes.registry import register_pass
 
 # Candidates for mixed precision when the user names none (filtered by the profile).
@@ -259,7 +260,8 @@ class QuantizePass(GraphPass):
         profile_name = getattr(context.profile, "name", None)
         sites = find_sites(model, min_elements=cfg.min_elements, exclude=list(cfg.exclude))
         if not sites:
-            return PassOutcome(model, {"weights": 0, "note": "no fp32 weights to quantize"})
+            why = f"no fp32 weight of at least {cfg.min_elements} elements to quantize (lower min_elements)"
+            return PassOutcome(model, nothing_removed({"weights": 0}, "quantize", why))
         fixed = self._fixed_formats(sites, allowed, profile_name)
         self._scaled = 0
         self._calibration = None  # CalibrationRun when samples are measured
@@ -293,6 +295,13 @@ class QuantizePass(GraphPass):
         _ensure_opsets(model, cfg.target)
 
         stats = _stats(rows, bytes_before, bytes_after, budget, "mixed" if mixed else "uniform", cfg)
+        stats["removed"] = bytes_before - bytes_after  # weight bytes
+        quantized = sum(row[1] != "fp32" for row in rows)
+        if not quantized:
+            nothing_removed(stats, "quantize", f"every one of the {len(rows)} weights stays fp32")
+        elif bytes_after >= bytes_before:  # scales and zero points outweigh the codes of tiny tensors
+            nothing_removed(stats, "quantize", f"the {quantized} quantized weights take {bytes_after} bytes against "
+                                               f"{bytes_before} in fp32 (raise min_elements)")
         if cfg.act_scale is not None:
             stats["act_scaled_norms"] = self._scaled
         if self._calibration is not None:

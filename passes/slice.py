@@ -55,6 +55,7 @@ from edgefold.passes.common.ffn_importance import concentration_prior as ffn_con
 from edgefold.passes.common.ffn_importance import standardise as _standardise
 from edgefold.passes.common.initializers import array, node_by_name
 from edgefold.passes.common.norm_scale import input_norm_scale
+from edgefold.passes.common.reporting import nothing_removed, warn_if_rounded
 from edgefold.passes.registry import register_pass
 from edgefold.passes.common.prune_policy import (
     POLICY_FORMAT,
@@ -202,8 +203,8 @@ def water_fill(weights: np.ndarray, widths: np.ndarray, budget: float, cap: floa
     ratios = np.zeros_like(weights)
     free = weights > 0
     if budget > cap * widths[free].sum() + 1e-9:
-        raise EdgefoldError(f"slice: cannot remove {budget:.0f} channels with at most {cap:.0%} per layer; "
-                            f"raise max_ratio or lower ratio")
+        raise EdgefoldError(f"slice: cannot remove {budget:.3g} of {widths.sum():.0f} channels with at most {cap:.0%} "
+                            f"per layer; raise max_ratio or lower ratio")
     for _ in range(len(weights) + 1):
         remaining = budget - (ratios[~free] * widths[~free]).sum()
         if not free.any():
@@ -305,7 +306,22 @@ class SlicePass(GraphPass):
             "layers": layers,
             **policy_stats,
         }
+        self._report(stats, views, config, multiple)
         return PassOutcome(model, stats)
+
+    @staticmethod
+    def _report(stats: dict, views: list[FfnView], config: SliceConfig, multiple: int) -> None:
+        """Channels removed, and a warning when rounding kept widths moved the ratio."""
+        stats["removed"] = stats["channels_before"] - stats["channels_after"]
+        widths = [v.channels for v in views]
+        if stats["removed"] == 0:
+            shown = ", ".join(str(w) for w in sorted(set(widths)))
+            asked = f"ratio {config.ratio:g}" if config.ratios is None else f"ratios {config.ratios}"
+            nothing_removed(stats, "slice", f"every FFN keeps all its channels (widths {shown}, {asked}, "
+                                            f"kept widths are multiples of {multiple})")
+            return
+        requested = config.ratio if config.ratios is None else float(np.dot(config.ratios, widths) / sum(widths))
+        warn_if_rounded("slice", requested, stats["channel_ratio"], "the FFN channels")
 
     # -- steps --------------------------------------------------------------------------
 
@@ -380,7 +396,9 @@ class SlicePass(GraphPass):
         """Share the global budget by how much each layer's FFN1 spectrum moves when probed."""
         probe = np.array([_ffn1_ks(v, top_rows(s, max(1, round(v.channels * (1 - config.probe)))))
                           for v, s in zip(views, scores)])
-        weights = np.power(np.clip(probe / probe.mean(), 1e-6, None), -config.sharpness)
+        # No spectrum moves when nothing can be probed away (one-channel FFNs): share evenly.
+        weights = np.power(np.clip(probe / probe.mean(), 1e-6, None), -config.sharpness) if probe.mean() > 0 \
+            else np.ones(len(views))
         budget = config.ratio * widths.sum()
         return water_fill(weights, widths, budget, feasible_cap(config.max_ratio, config.ratio))
 

@@ -9,14 +9,13 @@ the manifest already in the output folder is reused instead of redone.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgefold import onnx_io, progress
-from edgefold.atomic import atomic_directory, cache_root
+from edgefold.atomic import claim_output, output_directory, scratch_directory
 from edgefold.build_report import HTML_FILE, JUNIT_FILE, REPORT_FILE, layer_sizes, write_reports
 from edgefold.export import export_model
 from edgefold.export.sources import tool_versions
@@ -27,6 +26,7 @@ from edgefold.manifest import build_manifest, file_hashes, write_json
 from edgefold.model_stats import file_bytes, parameter_count
 from edgefold.passes.registry import create_pass
 from edgefold.recipe import EvalSettings, Recipe
+from edgefold.safe_names import safe_name
 
 MANIFEST_FILE = "manifest.json"
 NOT_HASHED = {MANIFEST_FILE, REPORT_FILE, JUNIT_FILE, HTML_FILE}
@@ -45,7 +45,7 @@ class BuildResult:
 
 
 def default_output(handle: ModelHandle, profile_name: str) -> Path:
-    return Path("dist") / f"{handle.name}-{profile_name}"
+    return Path("dist") / f"{safe_name(handle.name)}-{safe_name(profile_name, 'profile')}"
 
 
 def evaluation(handle: ModelHandle, settings: EvalSettings):
@@ -142,8 +142,11 @@ def report_as_reused(out_dir: Path, manifest: dict[str, Any], report: dict[str, 
 
 
 def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | None = None,
-              reuse: bool = True) -> BuildResult:
-    """Execute a recipe. Raises EdgefoldError on bad input; gate failures are in the result."""
+              reuse: bool = True, force: bool = False) -> BuildResult:
+    """Execute a recipe. Raises EdgefoldError on bad input; gate failures are in the result.
+
+    The output folder must be absent, empty or an earlier edgefold output (`atomic.claim_output`);
+    `force` also replaces edgefold's files in a folder that holds other files (those are kept)."""
     from edgefold.compress import analyse_path, run_passes
     from edgefold.recipe import resolve_relative
     from edgefold.targets.profiles import load_profile
@@ -153,9 +156,14 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     profile = load_profile(resolve_relative(recipe.profile, base_dir) or recipe.profile)
     passes = [create_pass(entry.name, entry.options) for entry in recipe.passes]  # validate before work
     check_latency_targets(recipe)
+    out_dir = Path(output) if output else (base_dir / recipe.output if recipe.output else None)
+    if out_dir is not None:
+        claim_output(out_dir, force=force)  # refuse a foreign folder before any work
     handle = export_model(resolve_relative(recipe.model, base_dir))
-    out_dir = Path(output) if output else (base_dir / recipe.output if recipe.output
-                                            else default_output(handle, profile.name))
+    if out_dir is None:
+        out_dir = default_output(handle, profile.name)
+        claim_output(out_dir, force=force)
+    check_gates_measurable(recipe, handle)
     inputs_hash = build_inputs_hash(handle, recipe, profile, passes)
     if reuse and (manifest := _reusable(out_dir, inputs_hash)) is not None:
         progress.info(f"reused {out_dir}: model, recipe, profile and tools unchanged (inputs {inputs_hash[:12]})")
@@ -166,17 +174,16 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     baseline = baseline_metrics(handle, recipe.eval)
     _print_metrics(f"original {handle.name}", baseline)
     metric = evaluation(handle, recipe.eval)
-    work_root = cache_root() / "work"
-    work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="build-", dir=work_root) as scratch:
+    with scratch_directory("build") as scratch:
         final_path, records = run_passes(
-            handle, passes, Path(scratch), profile=profile, seed=recipe.seed,
+            handle, passes, scratch, profile=profile, seed=recipe.seed,
             evaluate_metric=metric if recipe.eval.every_pass else None,
+            min_cosine=recipe.validation.min_cosine,
         )
         final_metrics = records[-1].metrics if records and recipe.eval.every_pass else (
             metric(final_path) if metric else {})
         layers = layer_sizes(analyse_path(handle.path), analyse_path(final_path))
-        with atomic_directory(out_dir) as staging, progress.step(f"write {out_dir}"):
+        with output_directory(out_dir, force=force) as staging, progress.step(f"write {out_dir}"):
             model = onnx_io.load(final_path)
             onnx_io.save(model, staging / "model.onnx")
             params = parameter_count(model)
@@ -198,7 +205,7 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
             )
             write_json(staging / MANIFEST_FILE, manifest)
             if recipe.compile.enabled:
-                manifest = compile_into(staging, recipe, base_dir, final=out_dir)
+                manifest = compile_into(staging, manifest, recipe, base_dir, final=out_dir)
             result = _finish(staging, manifest, recipe, handle, records=records, layers=layers, start=start,
                              reused=False, report_dir=out_dir)
     result.output = out_dir
@@ -208,16 +215,19 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     return result
 
 
-def compile_into(folder: Path, recipe: Recipe, base_dir: Path, final: Path | None = None) -> dict[str, Any]:
-    """TVM-compile the build folder in place; returns the manifest with its `compile` section."""
+def compile_into(folder: Path, manifest: dict[str, Any], recipe: Recipe, base_dir: Path,
+                 final: Path | None = None) -> dict[str, Any]:
+    """TVM-compile the model in the (staging) build folder into that same folder; returns the
+    build's manifest with its `compile` section."""
     from edgefold.recipe import resolve_relative
-    from edgefold.targets.tvm import compile_model
+    from edgefold.targets.tvm.artifact import compile_into_folder
 
     seqs = recipe.compile.seqs
     if seqs is None and onnx_io.metadata(folder / "model.onnx").get("edgefold.task") == "causal-lm":
         seqs = [1]  # decode only: an untuned prefill library costs minutes to check and time
-    return compile_model(folder, resolve_relative(recipe.profile, base_dir) or recipe.profile, output=folder,
-                         trials=recipe.compile.trials, seqs=seqs, kv_cache=recipe.compile.kv_cache, announce_as=final)
+    return compile_into_folder(folder, manifest, resolve_relative(recipe.profile, base_dir) or recipe.profile,
+                               trials=recipe.compile.trials, seqs=seqs, kv_cache=recipe.compile.kv_cache,
+                               announce_as=final)
 
 
 def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,
@@ -257,6 +267,17 @@ def check_build(recipe: Recipe, *, base_dir: Path, output: Path | None = None) -
 
 
 LATENCY_TARGETS = ("onnxruntime", "estimate", "tvm")  # and rpc://TRACKER:PORT/KEY
+
+
+def check_gates_measurable(recipe: Recipe, handle: ModelHandle) -> None:
+    """A quality gate the model's task cannot measure is a recipe error (exit 2), not a failed gate."""
+    from edgefold.gates import unmeasurable_gates
+
+    problems = unmeasurable_gates(recipe.gates, handle.task.value, evaluated=recipe.eval.enabled)
+    if problems:
+        from edgefold.errors import EdgefoldError
+
+        raise EdgefoldError(f"bad recipe: {problems[0]}")
 
 
 def check_latency_targets(recipe: Recipe) -> None:

@@ -1,28 +1,69 @@
 """The `edgefold` command line.
 
 Exit codes: 0 success, 1 a gate failed (the report says which and by how much), 2 bad input or
-environment (one line on stderr, nothing partial written).
+environment (one line on stderr, nothing partial written), 3 an internal error (a bug: the
+traceback is printed), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+
+Output folders (`-o`, a recipe's `output`) follow one rule (`edgefold.atomic`): they must be
+absent, empty, or a folder edgefold wrote; `--force` also replaces edgefold's files in such a
+folder when it holds other files, which are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
 
-from edgefold.errors import EdgefoldError
+from edgefold.errors import (EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, EdgefoldError,
+                             Terminated)
+
+_FORCE_HELP = "replace edgefold's own files in the output folder even when it holds other files (those are kept)"
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
+        return value
+    return parse
+
+
+def _cosine(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine lies in [-1, 1] (got {value})")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with edgefold's one-line error format (exit 2, like every other bad input)."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgefold: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgefold", description="Hardware-aware ONNX export, compression and compile.")
+    parser = _Parser(prog="edgefold", description="Hardware-aware ONNX export, compression and compile.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("export", help="export a model to a verified ONNX file (cached)")
     p.add_argument("model", nargs="?", help="built-in name, HF model folder or .onnx (default: smollm2-135m)")
     p.add_argument("-o", "--output", type=Path, help="also copy the model into this folder")
-    p.add_argument("--force", action="store_true", help="ignore the export cache")
+    p.add_argument("--force", action="store_true", help="ignore the export cache; " + _FORCE_HELP)
 
     p = sub.add_parser("inspect", help="list prunable structures and channel groups")
     p.add_argument("model", help=".onnx file or built-in name")
@@ -35,13 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--profile", default="host")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-tokens", type=int, default=8192, help="perplexity tokens for LMs")
+    p.add_argument("--eval-tokens", type=_at_least(32), default=8192, help="perplexity tokens for LMs (>= 32)")
     p.add_argument("--no-eval", action="store_true", help="skip the task metric (fidelity is still checked)")
+    p.add_argument("--min-cosine", type=_cosine, default=0.5,
+                   help="fidelity floor: a pass whose output cosine vs the original falls below fails (default 0.5)")
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     p = sub.add_parser("build", help="run a build recipe (default: SmolLM2-135M for the host CPU)")
     p.add_argument("recipe", nargs="?", type=Path, help="recipe .toml (default: built-in default recipe)")
     p.add_argument("-o", "--output", type=Path, help="output folder (overrides the recipe)")
-    p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+    p.add_argument("--force", action="store_true", help="rebuild even when nothing changed; " + _FORCE_HELP)
 
     p = sub.add_parser("check", help="check a built artifact against its recipe's gates (exit 1 if one fails)")
     p.add_argument("recipe", type=Path)
@@ -50,11 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="build a grid of pass settings and report the Pareto front")
     p.add_argument("recipe", type=Path, help="recipe with a [search] table")
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the recipe's output)")
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     p = sub.add_parser("eval", help="task metric of a model (perplexity, Spearman, agreement, accuracy)")
     p.add_argument("model", help=".onnx file or built-in name")
     p.add_argument("--reference", help="original model for agreement metrics")
-    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--tokens", type=_at_least(32), default=8192)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("profile", help="latency of a built model on a target (measured or estimated)")
@@ -64,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                    "default: host for a compiled artifact, onnxruntime otherwise")
     p.add_argument("--top", type=int, default=8, help="kernels to list per shape")
     p.add_argument("--profile", help="device profile for estimate (default: the artifact's)")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=_at_least(1), default=10)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("simulate", help="replay real text through a phone's DRAM cache of MLP weights (DIP, DIP-CA)")
@@ -81,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-fraction", type=float, help="cache this share of the MLP weights instead of a budget")
     p.add_argument("--bytes-per-weight", type=float, help="price weights as this many bytes (2 = fp16, 0.5 = int4)")
     p.add_argument("-o", "--output", type=Path, help="write results.json, per_token.npz and plots here")
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
     p.add_argument("--json", action="store_true", help="print results as JSON")
 
     p = sub.add_parser("compile", help="compile a model with TVM for a device profile into a deployable artifact")
@@ -94,11 +140,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="causal LMs: KV-cache slots of the decode library (default 256; 0 = decode without a cache)")
     p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure tuning candidates on a device via a TVM RPC tracker")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     p = sub.add_parser("run", help="run a compiled artifact (host, or qemu-aarch64) and compare with onnxruntime")
     p.add_argument("artifact", type=Path, help="artifact folder written by `edgefold compile`")
-    p.add_argument("--count", type=int, help="input sets per shape (default: 8 for decode, 1 otherwise)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs for the host latency")
+    p.add_argument("--count", type=_at_least(1), help="input sets per shape (default: 8 for decode, 1 otherwise)")
+    p.add_argument("--repeats", type=_at_least(1), default=5, help="timed runs for the host latency")
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("passes", help="list available passes")
@@ -122,14 +169,21 @@ def cmd_export(args) -> int:
     from edgefold.export import export_model
     from edgefold.handle import ModelHandle  # noqa: F401
 
+    if args.output:
+        from edgefold.atomic import claim_output
+
+        claim_output(args.output, force=args.force)  # refuse a foreign folder before the export
     handle = export_model(args.model, force=args.force)
     target = handle.path
     if args.output:
         from edgefold import onnx_io
-        from edgefold.atomic import atomic_directory
+        from edgefold.atomic import output_directory
+        from edgefold.manifest import folder_manifest, write_json
 
-        with atomic_directory(args.output) as staging:
+        with output_directory(args.output, force=args.force) as staging:
             onnx_io.save(onnx_io.load(handle.path), staging / "model.onnx")
+            write_json(staging / "manifest.json", folder_manifest(
+                staging, command="export", model={"name": handle.name, "source_sha256": handle.source_sha256}))
         target = args.output / "model.onnx"
     error = handle.info.get("max_abs_error_vs_torch")
     print(f"{target}")
@@ -155,7 +209,7 @@ def cmd_inspect(args) -> int:
 def cmd_compress(args) -> int:
     from edgefold.build import run_build
     from edgefold.passes.registry import parse_pass_spec
-    from edgefold.recipe import CompileSettings, EvalSettings, PassEntry, Recipe
+    from edgefold.recipe import CompileSettings, EvalSettings, PassEntry, Recipe, ValidationSettings
 
     if not args.passes:
         raise EdgefoldError("compress needs at least one --pass NAME[:key=value,...]")
@@ -165,8 +219,9 @@ def cmd_compress(args) -> int:
         entries.append(PassEntry(name=name, **options))
     recipe = Recipe(model=args.model, profile=args.profile, seed=args.seed, passes=entries,
                     eval=EvalSettings(enabled=not args.no_eval, tokens=args.eval_tokens),
+                    validation=ValidationSettings(min_cosine=args.min_cosine),
                     compile=CompileSettings(enabled=False))  # `edgefold compile` is the separate step
-    return 0 if run_build(recipe, output=args.output).gates_passed else 1
+    return 0 if run_build(recipe, output=args.output, force=args.force).gates_passed else 1
 
 
 def cmd_build(args) -> int:
@@ -177,7 +232,7 @@ def cmd_build(args) -> int:
         recipe, base = Recipe(), Path.cwd()
     else:
         recipe, base = load_recipe(args.recipe)
-    result = run_build(recipe, base_dir=base, output=args.output, reuse=not args.force)
+    result = run_build(recipe, base_dir=base, output=args.output, reuse=not args.force, force=args.force)
     return 0 if result.gates_passed else 1
 
 
@@ -197,7 +252,7 @@ def cmd_search(args) -> int:
     if recipe.search is None:
         raise EdgefoldError(f"{args.recipe} has no [search] table (e.g. grid = {{ \"fold.ratio\" = [0.1, 0.2] }})")
     output = args.output or base / (recipe.output or "dist/search")
-    summary = run_search(recipe, recipe.search, base_dir=base, output=output)
+    summary = run_search(recipe, recipe.search, base_dir=base, output=output, force=args.force)
     for point in summary["points"]:
         mark = "*" if point["pareto"] else " "
         print(f"{mark} {point['setting']}: {summary['quality']} {point[summary['quality']]:.4f}, "
@@ -223,8 +278,9 @@ def cmd_eval(args) -> int:
         name = onnx_io.metadata(path).get("edgefold.model", path.name)
         for key, value in values.items():
             print(f"{name} {key}: {value:.4f}")
-        if not values:
-            print(f"{name}: no task metric for this model (task unknown)")
+    if not values:
+        raise EdgefoldError(f"{args.model}: no task metric for this model (its task is unknown: only causal LMs, "
+                            "sentence embeddings and image/digits classifiers are evaluated)")
     return 0
 
 
@@ -240,11 +296,15 @@ def cmd_profile(args) -> int:
                                 f"{args.artifact} first (or use --target onnxruntime|estimate)")
         result = profile_artifact(args.artifact, target, repeats=args.repeats, top=max(args.top, 15))
         return _print_profile(result, args, profile_name=None)
+    from edgefold.atomic import read_own_manifest
+
+    if not args.artifact.exists():
+        raise EdgefoldError(f"not found: {args.artifact}")
     model_path = args.artifact / "model.onnx" if args.artifact.is_dir() else args.artifact
     profile_name = args.profile
-    manifest_path = model_path.parent / "manifest.json"
     if profile_name is None:
-        profile_name = json.loads(manifest_path.read_text())["profile"]["name"] if manifest_path.exists() else "host"
+        manifest = read_own_manifest(model_path.parent) or {}
+        profile_name = (manifest.get("profile") or {}).get("name") or "host"
     result = profile_model(_model_path(str(model_path)), target, profile_name=profile_name, repeats=args.repeats)
     return _print_profile(result, args, profile_name)
 
@@ -281,6 +341,10 @@ def cmd_simulate(args) -> int:
     from edgefold.simulate import default_methods, simulate
     from edgefold.simulate.report import print_table, write_outputs
 
+    if args.output:
+        from edgefold.atomic import claim_output
+
+        claim_output(args.output, force=args.force)  # refuse a foreign folder before the replay
     policies = tuple(p.strip() for p in args.policy.split(",") if p.strip())
     methods = default_methods(_float_list(args.sparsity, "sparsity"), _float_list(args.gamma, "gamma"),
                               _float_list(args.ca_sparsity, "DIP-CA sparsity"), policies)
@@ -288,10 +352,12 @@ def cmd_simulate(args) -> int:
                       tokens=args.tokens, window=args.window, dram_budget_mb=args.dram_budget_mb,
                       cache_fraction=args.cache_fraction, bytes_per_weight=args.bytes_per_weight)
     if args.output:
-        from edgefold.atomic import atomic_directory
+        from edgefold.atomic import output_directory
+        from edgefold.manifest import folder_manifest, write_json
 
-        with atomic_directory(args.output) as staging:
+        with output_directory(args.output, force=args.force) as staging:
             write_outputs(result, staging)
+            write_json(staging / "manifest.json", folder_manifest(staging, command="simulate", model=str(args.model)))
     if args.json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
@@ -313,7 +379,7 @@ def cmd_compile(args) -> int:
             raise EdgefoldError(f"bad --seq {args.seq!r}: expected comma-separated integers") from None
     compile_model(args.model, args.profile, output=args.output, seqs=seqs,
                   shapes=parse_shape_overrides(args.shape), trials=args.trials, rpc=args.rpc,
-                  check=not args.no_check, kv_cache=args.kv_cache)
+                  check=not args.no_check, kv_cache=args.kv_cache, force=args.force)
     return 0
 
 
@@ -365,15 +431,73 @@ COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compre
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
-    except EdgefoldError as exc:
-        print(f"edgefold: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgefold: interrupted", file=sys.stderr)
-        return 130
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad argument (2, one line already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    with _signals_unwind():
+        try:
+            from edgefold.atomic import clean_cache_leftovers
+
+            clean_cache_leftovers()  # what killed runs left behind
+            return COMMANDS[args.command](args)
+        except EdgefoldError as exc:
+            print(f"edgefold: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return _interrupted(signal.SIGINT)
+        except Terminated:
+            return _interrupted(signal.SIGTERM)
+        except Exception:
+            if _RECEIVED:  # the signal surfaced as another error type through native code (TVM's FFI)
+                return _interrupted(_RECEIVED[0])
+            # a bug, not bad input: show where, exit 3 (CI tells it from a gate)
+            traceback.print_exc()
+            print("edgefold: internal error (a bug in edgefold; the traceback above says where)", file=sys.stderr)
+            return EXIT_INTERNAL_ERROR
+
+
+_RECEIVED: list[int] = []  # signals received during this command
+
+
+def _interrupted(signum: int) -> int:
+    word = "terminated" if signum == signal.SIGTERM else "interrupted"
+    print(f"edgefold: {word}; nothing partial was left", file=sys.stderr)
+    return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    """SIGINT and SIGTERM unwind the stack (every staging and scratch folder is removed on the
+    way out); a second signal while unwinding removes them at once and exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from edgefold import interrupts
+
+    received = _RECEIVED
+    received.clear()
+    interrupts.reset()
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) > 1:  # impatient: clean up now and leave
+            from edgefold.atomic import remove_active
+
+            remove_active()
+            print("edgefold: interrupted again; cleaned up and stopped", file=sys.stderr)
+            os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED)
+        if interrupts.defer_now():  # inside a callback from native code: raise when it returns
+            interrupts.record(signum)
+            return
+        raise interrupts.exception_for(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 if __name__ == "__main__":

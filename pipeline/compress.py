@@ -70,8 +70,14 @@ def run_passes(
     profile=None,
     seed: int = 0,
     evaluate_metric: Callable[[Path], dict[str, float]] | None = None,
+    min_cosine: float = 0.5,
 ) -> tuple[Path, list[PassRecord]]:
-    """Apply `passes` to `handle`'s model; returns the final model path and one record per pass."""
+    """Apply `passes` to `handle`'s model; returns the final model path and one record per pass.
+
+    A pass whose outputs fall below `min_cosine` against the original model's (on the
+    reference inputs) stops the run: a model that far off is not a compressed version of
+    the original, whatever the exit code would say.
+    """
     from edgefold.hashing import sha256_files
 
     inputs, reference_outputs = handle.reference_io()
@@ -95,6 +101,7 @@ def run_passes(
             except EdgefoldError as exc:
                 raise EdgefoldError(f"pass {graph_pass.name!r} produced an invalid model: {exc}") from None
             fidelity = output_error(reference_outputs, outputs) if inputs else {}
+            _check_fidelity_floor(graph_pass.name, fidelity, min_cosine)
             metrics = evaluate_metric(step_path) if evaluate_metric else {}
             new_analysis = analyse_path(step_path)
             records.append(PassRecord(
@@ -113,3 +120,11 @@ def run_passes(
             progress.info(f"    {graph_pass.name}: {summary or 'no reference outputs'}")
         current = step_path
     return current, records
+
+
+def _check_fidelity_floor(name: str, fidelity: dict[str, float], min_cosine: float) -> None:
+    cosine = fidelity.get("cosine")
+    if cosine is not None and not cosine >= min_cosine:  # `not >=`: a NaN cosine fails too
+        raise EdgefoldError(f"pass {name!r} took the outputs too far from the original model: output cosine "
+                            f"{cosine:.3f} is below the fidelity floor {min_cosine} "
+                            f"(lower it with --min-cosine / [validation] min_cosine)")

@@ -30,6 +30,29 @@ class Gates(pydantic.BaseModel):
         return all(v in (None, {}) for v in self.model_dump().values())
 
 
+# Which tasks can measure each quality gate (their metric comes from `edgefold.evaluate`).
+_GATE_TASKS = {
+    "max_perplexity_increase": ("perplexity", {"causal-lm"}),
+    "max_spearman_drop": ("Lee Spearman", {"sentence-embedding"}),
+    "min_top1_agreement": ("top-1 agreement", {"image-classifier", "digits-classifier"}),
+    "min_accuracy": ("accuracy", {"digits-classifier"}),
+}
+
+
+def unmeasurable_gates(gates: Gates, task: str, *, evaluated: bool = True) -> list[str]:
+    """Why each set quality gate cannot be measured for a model of `task` (empty if all can)."""
+    problems = []
+    for name, (metric, tasks) in _GATE_TASKS.items():
+        if getattr(gates, name) is None:
+            continue
+        if task not in tasks:
+            problems.append(f"gate {name} needs {metric}, which a {task} model does not have "
+                            f"(it applies to: {', '.join(sorted(tasks))})")
+        elif not evaluated:
+            problems.append(f"gate {name} needs the task metric, but [eval] enabled = false")
+    return problems
+
+
 @dataclass
 class GateResult:
     name: str

@@ -43,29 +43,91 @@ def _require_file(path: Path) -> Path:
         raise EdgefoldError(f"model file not found: {path}")
     if not path.is_file():
         raise EdgefoldError(f"not a file: {path}")
+    if path.stat().st_size == 0:  # protobuf would parse it as an empty model
+        raise EdgefoldError(f"{path} is empty (0 bytes), not an ONNX model")
     return path
 
 
 def load(path: str | os.PathLike) -> ir.Model:
-    """Load a model for rewriting; tensors stay on disk until touched."""
+    """Load a model for rewriting; tensors stay on disk until touched.
+
+    Unnamed nodes get names here, once: analysis groups and passes refer to nodes by
+    name, and this is the one place models are loaded.
+    """
     path = _require_file(Path(path))
     try:
         model = ir.load(path)
     except Exception as exc:  # protobuf decode errors come in many types
         raise EdgefoldError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
-    _check_external_data_present(model, path)
+    _check_external_data(model, path)
+    name_nodes(model)
     return model
 
 
-def _check_external_data_present(model: ir.Model, path: Path) -> None:
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
-            location = Path(tensor.base_dir) / tensor.location
-            if not location.exists():
-                raise EdgefoldError(f"{path}: external data file missing: {location.name}")
-            if location.stat().st_size < tensor.offset + tensor.length:
-                raise EdgefoldError(f"{path}: external data file {location.name} is truncated")
+def name_nodes(model: ir.Model) -> int:
+    """Name every unnamed node `<op_type>_<index>` (its position in graph order) and rename
+    repeats of a name the same way; returns how many changed.
+
+    The first node with a given name keeps it, so graphs with unique names are untouched,
+    and the new names depend only on the graph: loading a file twice gives the same names.
+    """
+    nodes = list(model.graph.all_nodes())  # subgraphs too: names are unique model-wide
+    taken = {node.name for node in nodes if node.name}
+    seen: set[str] = set()
+    changed = 0
+    for index, node in enumerate(nodes):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = f"{node.op_type}_{index}"
+        candidate, suffix = base, 1
+        while candidate in taken:
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+        node.name = candidate
+        taken.add(candidate)
+        seen.add(candidate)
+        changed += 1
+    return changed
+
+
+def _check_external_data(model: ir.Model, path: Path) -> None:
+    """External data must lie in the model's folder, be present and be whole.
+
+    Where it points is checked before any file is opened or stat'ed, so a model cannot
+    make edgefold read (or probe for) files elsewhere.
+    """
+    folder = path.resolve().parent
+    tensors = [value.const_value for graph in _graphs(model) for value in graph.initializers.values()]
+    external = [t for t in tensors if isinstance(t, ir.ExternalTensor)]
+    for tensor in external:
+        location = str(tensor.location)
+        relative = not os.path.isabs(location) and ".." not in Path(location).parts and "\0" not in location
+        if not relative or not (folder / location).resolve().is_relative_to(folder):  # resolve: symlinks out
+            raise EdgefoldError(f"{path}: external data location {location!r} of tensor {tensor.name!r} points outside "
+                                f"the model's folder; edgefold reads external data only from beside the model")
+    for tensor in external:
+        file = folder / str(tensor.location)
+        if not file.is_file():
+            raise EdgefoldError(f"{path}: external data file missing: {file.name}")
+        stat = file.stat()
+        if stat.st_size < (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes):
+            raise EdgefoldError(f"{path}: external data file {file.name} is truncated")
+        if stat.st_nlink > 1:  # onnx_ir refuses to read these (a link can smuggle in another file)
+            raise EdgefoldError(f"{path}: external data file {file.name} has {stat.st_nlink} hard links; "
+                                f"onnx_ir reads only singly linked files: copy it")
+
+
+def _graphs(model: ir.Model) -> list[ir.Graph]:
+    """The main graph and every subgraph (If/Loop/Scan bodies)."""
+    graphs = [model.graph]
+    for node in model.graph.all_nodes():
+        for attribute in node.attributes.values():
+            if attribute.type == ir.AttributeType.GRAPH:
+                graphs.append(attribute.value)
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                graphs.extend(attribute.value)
+    return graphs
 
 
 def save(model: ir.Model, path: str | os.PathLike) -> Path:

@@ -64,6 +64,14 @@ class CompileSettings(pydantic.BaseModel):
     kv_cache: int = pydantic.Field(default=256, ge=0)  # LM decode: KV-cache slots (0: no cache)
 
 
+class ValidationSettings(pydantic.BaseModel):
+    """How the runner checks each pass's output against the original model."""
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    # A pass whose output cosine (vs the original model's outputs on the reference inputs)
+    # falls below this fails the build with exit 2: a collapsed model is never written.
+    min_cosine: float = pydantic.Field(default=0.5, ge=-1.0, le=1.0)
+
+
 class SearchSpace(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     grid: dict[str, list[Any]]
@@ -90,6 +98,7 @@ class Recipe(pydantic.BaseModel):
     eval: EvalSettings = EvalSettings()
     gates: Gates = Gates()
     compile: CompileSettings = CompileSettings()
+    validation: ValidationSettings = ValidationSettings()
     search: SearchSpace | None = None  # only `edgefold search` reads it
 
 
@@ -97,17 +106,27 @@ def load_recipe(path: Path) -> tuple[Recipe, Path]:
     """Parse and validate; returns the recipe and the folder its relative paths start from."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EdgefoldError(f"recipe not found: {path}") from None
+    except IsADirectoryError:
+        raise EdgefoldError(f"recipe {path} is a folder, not a .toml file") from None
+    except UnicodeDecodeError:
+        raise EdgefoldError(f"recipe {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise EdgefoldError(f"cannot read recipe {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise EdgefoldError(f"recipe {path} is not valid TOML: {exc}") from None
+    return validated_recipe(data, f"recipe {path}"), path.resolve().parent
+
+
+def validated_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    """A Recipe from plain values; bad values are one-line errors (exit 2)."""
     try:
-        recipe = Recipe(**data)
+        return Recipe(**data)
     except pydantic.ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'recipe'}: {e['msg']}" for e in exc.errors())
-        raise EdgefoldError(f"bad recipe {path}: {problems}") from None
-    return recipe, path.resolve().parent
+        raise EdgefoldError(f"bad {where}: {problems}") from None
 
 
 def resolve_relative(value: str | None, base: Path) -> str | None:

@@ -55,7 +55,21 @@ def pareto_front(points: list[dict[str, Any]], cost: str, quality: str, higher_i
             for other in points if other is not point)
 
 
-def run_search(recipe: Recipe, space: SearchSpace, *, base_dir: Path, output: Path) -> dict[str, Any]:
+def run_search(recipe: Recipe, space: SearchSpace, *, base_dir: Path, output: Path,
+               force: bool = False) -> dict[str, Any]:
+    """Build every grid point into `output/search/NN`, write search.json/html and `output/best`.
+
+    `output` is claimed like any output folder (absent, empty or edgefold's own) and written
+    through a staging folder, so a failed search leaves nothing."""
+    from edgefold.atomic import claim_output, output_directory
+
+    claim_output(output, force=force)
+    with output_directory(output, force=force) as staging:
+        summary = _search_into(recipe, space, base_dir=base_dir, staging=staging, final=Path(output))
+    return summary
+
+
+def _search_into(recipe: Recipe, space: SearchSpace, *, base_dir: Path, staging: Path, final: Path) -> dict[str, Any]:
     from edgefold.build import run_build
     from edgefold.evaluate import primary_metric
     from edgefold.latency import measure_onnxruntime
@@ -70,11 +84,11 @@ def run_search(recipe: Recipe, space: SearchSpace, *, base_dir: Path, output: Pa
         progress.info(f"search {index + 1}/{len(configs)}: {setting}")
         if not needs_compile:
             candidate = candidate.model_copy(update={"compile": CompileSettings(enabled=False)})
-        result = run_build(candidate, base_dir=base_dir, output=output / "search" / f"{index:02d}")
+        result = run_build(candidate, base_dir=base_dir, output=staging / "search" / f"{index:02d}")
         inputs, _ = _reference_inputs(candidate, base_dir)
         latency = measure_onnxruntime(result.output / "model.onnx", inputs, repeats=5)["median_ms"]
         metrics = result.manifest["final"]["metrics"]
-        points.append({"setting": setting, "folder": str(result.output), "latency_ms": latency,
+        points.append({"setting": setting, "folder": f"search/{index:02d}", "latency_ms": latency,
                        "file_mb": result.manifest["final"]["file_bytes"] / 1e6, **metrics,
                        "gates_passed": result.gates_passed})
     task = result.manifest["model"]["task"]
@@ -86,18 +100,17 @@ def run_search(recipe: Recipe, space: SearchSpace, *, base_dir: Path, output: Pa
     passing = [p for p in points if p["gates_passed"]]
     best = min(passing, key=lambda p: (p[space.cost], -p[quality] if higher else p[quality])) if passing else None
     if best is not None:
-        target = output / "best"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(best["folder"], target)
+        shutil.copytree(staging / best["folder"], staging / "best")
     summary = {"cost": space.cost, "quality": quality, "higher_is_better": higher, "points": points,
-               "best": best, "x": space.cost, "y": quality}
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "search.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+               "best": best, "x": space.cost, "y": quality, "output": str(final)}
+    (staging / "search.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    from edgefold.manifest import folder_manifest, write_json
     from edgefold.report.html import write_html
 
-    write_html(output / "search.html", {"model": {"name": result.manifest["model"]["name"]}, "profile": recipe.profile,
-                                        "passes": [], "search": summary})
+    write_html(staging / "search.html", {"model": {"name": result.manifest["model"]["name"]},
+                                         "profile": recipe.profile, "passes": [], "search": summary})
+    write_json(staging / "manifest.json", folder_manifest(staging, command="search",
+                                                          best=best["folder"] if best else None))
     return summary
 
 

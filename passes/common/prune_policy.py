@@ -233,7 +233,9 @@ def load_policy(path: Path, *, hidden: int | None = None) -> tuple[SlicePolicy, 
         policy.load_state_dict(payload["state"])
         meta = json.loads(payload["meta"])
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise EdgefoldError(f"{path} is not an edgefold slice policy ({type(exc).__name__}: {exc})") from None
+        # torch's message spans lines and suggests weights_only=False (running the file's code): never that.
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise EdgefoldError(f"{path} is not an edgefold slice policy ({type(exc).__name__}: {first})") from None
     if hidden is not None and policy.hidden != hidden:
         raise EdgefoldError(f"slice policy {path} is for hidden size {policy.hidden}; this model's FFNs have {hidden}")
     policy.eval()

@@ -94,6 +94,9 @@ def find_conv_groups(ix: GraphIndex, linears: Linears) -> tuple[list[ConvChannel
 
 
 def _draft(ix: GraphIndex, node: ir.Node, index: int, notes: list[str]) -> _Draft | None:
+    if not node.name:  # groups refer to nodes by name (onnx_io.load names them all)
+        notes.append(f"Conv ({ix.label(node)}): left as is — the node has no name")
+        return None
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     shape = ix.const_shape(weight) if ix.initializer(weight) is not None else None
     if shape is None or len(shape) < 3:
@@ -119,13 +122,15 @@ def _draft(ix: GraphIndex, node: ir.Node, index: int, notes: list[str]) -> _Draf
     out = node.outputs[0]
     batchnorm = None
     bn = _sole_reader(ix, out)
-    if bn is not None and bn.op_type == "BatchNormalization" and len(bn.outputs) == 1 and all(
+    if bn is not None and bn.name and bn.op_type == "BatchNormalization" and len(bn.outputs) == 1 and all(
         ix.initializer(v) is not None for v in bn.inputs[1:5]
     ):
         batchnorm = bn.name
         absorbed.append(bn)
         out = bn.outputs[0]
     activation, act_nodes = _activation_after(ix, out)
+    if not all(n.name for n in act_nodes):
+        activation, act_nodes = None, []
     if act_nodes:
         absorbed.extend(act_nodes)
         out = act_nodes[-1].outputs[0]
@@ -210,6 +215,9 @@ class _Flow:
         return int(name.rsplit(".", 1)[1])
 
     def _consume(self, space: _Space, reader: ir.Node) -> None:
+        if not reader.name:  # a consumer the passes could not find again
+            self._block(space, f"read by an unnamed {reader.op_type}")
+            return
         for name in self._members(space):
             self.drafts[name].consumers.append(reader.name)
 

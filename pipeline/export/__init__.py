@@ -14,7 +14,7 @@ from typing import Any
 
 from edgefold.errors import EdgefoldError
 from edgefold.export.onnx_import import import_onnx
-from edgefold.export.pipeline import MODEL_FILE, export_plan, load_cached
+from edgefold.export.pipeline import MODEL_FILE, export_plan, is_cache_folder, load_cached
 from edgefold.export.sources import builtin_plan, hf_folder_plan, module_plan
 from edgefold.handle import ModelHandle
 from edgefold.models.builtin import BUILTINS
@@ -32,7 +32,8 @@ def export_model(source: str | Path | None = None, *, force: bool = False) -> Mo
     path = Path(text)
     if path.suffix == ".onnx" or path.is_file():
         # A model straight from edgefold's export cache needs no second import.
-        cached = load_cached(path.parent) if path.name == MODEL_FILE and not force else None
+        from_cache = path.name == MODEL_FILE and is_cache_folder(path.parent) and not force
+        cached = load_cached(path.parent) if from_cache else None
         return cached or import_onnx(path, force=force)
     if path.is_dir():
         return export_plan(hf_folder_plan(path), force=force)

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from edgefold import onnx_io, progress
-from edgefold.atomic import atomic_directory, cache_root
+from edgefold.atomic import cache_directory, cache_root
 from edgefold.errors import EdgefoldError
 from edgefold.export.graph_tidy import name_weights_after_modules, strip_volatile_metadata
 from edgefold.export.sources import OPSET, ExportPlan, tool_versions
 from edgefold.export.verify import output_error, require_faithful
 from edgefold.handle import ModelHandle
 from edgefold.models.metadata import MODEL_KEY, SOURCE_KEY, TASK_KEY, TOKENIZER_KEY, Task
+from edgefold.safe_names import safe_name
 
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
@@ -26,11 +27,31 @@ def exports_dir() -> Path:
     return cache_root() / "exports"
 
 
-def load_cached(folder: Path) -> ModelHandle | None:
+def cache_folder(name: str, key: str) -> Path:
+    """Where the export of `name` with cache key `key` lives (the name made path-safe)."""
+    return exports_dir() / f"{safe_name(name)}-{key[:16]}"
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """True for a folder directly inside the export cache."""
+    try:
+        return Path(folder).resolve().parent == exports_dir().resolve()
+    except OSError:
+        return False
+
+
+def load_cached(folder: Path, key: str | None = None) -> ModelHandle | None:
+    """The cached export in `folder`, or None if absent, unreadable or made for another key."""
     info_path = folder / INFO_FILE
-    if not (info_path.exists() and (folder / MODEL_FILE).exists()):
+    if not (info_path.is_file() and (folder / MODEL_FILE).is_file()):
         return None
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+        Task(info["task"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(info, dict) or (key is not None and info.get("source_sha256") != key):
+        return None  # a stale or foreign entry under this name: export again
     return ModelHandle(path=folder / MODEL_FILE, name=info["name"], task=Task(info["task"]),
                        tokenizer=info.get("tokenizer"), source_sha256=info["source_sha256"],
                        reference=folder / REFERENCE_FILE, info=info)
@@ -38,16 +59,16 @@ def load_cached(folder: Path) -> ModelHandle | None:
 
 def export_plan(plan: ExportPlan, *, force: bool = False) -> ModelHandle:
     key = plan.cache_key()
-    folder = exports_dir() / f"{plan.name}-{key[:16]}"
+    folder = cache_folder(plan.name, key)
     if not force:
-        cached = load_cached(folder)
+        cached = load_cached(folder, key)
         if cached is not None:
             progress.info(f"export of {plan.name} reused from cache ({folder})")
             cached.info["cached"] = True
             return cached
-    with atomic_directory(folder) as staging:
-        info = _export_into(plan, staging, key)
-    handle = load_cached(folder)
+    with cache_directory(folder) as staging:
+        _export_into(plan, staging, key)
+    handle = load_cached(folder, key)
     assert handle is not None
     handle.info["cached"] = False
     return handle

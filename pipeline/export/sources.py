@@ -22,6 +22,8 @@ from edgefold.models.metadata import Task
 
 # Bump when the export code changes what it writes, to invalidate cached exports.
 EXPORT_FORMAT_VERSION = 1
+# Bump when the layout of cache keys changes (2: sources and versions under separate keys).
+CACHE_KEY_SCHEMA = 2
 OPSET = 21
 
 
@@ -38,7 +40,14 @@ class ExportPlan:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def cache_key(self) -> str:
-        return sha256_json({**self.fingerprint, **tool_versions(), "format": EXPORT_FORMAT_VERSION, "opset": OPSET})
+        return cache_key("export", self.fingerprint)
+
+
+def cache_key(kind: str, source: Any) -> str:
+    """The export cache's key: what was exported and the tools that did it, under separate
+    keys so that no source field can shadow a tool version (or the other way round)."""
+    return sha256_json({"schema": CACHE_KEY_SCHEMA, "kind": kind, "source": source, "versions": tool_versions(),
+                        "format": EXPORT_FORMAT_VERSION, "opset": OPSET})
 
 
 def tool_versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from edgefold import progress
-from edgefold.atomic import atomic_directory, cache_root
+from edgefold.atomic import cache_directory, cache_root
 from edgefold.errors import EdgefoldError
 
 PLATFORM = "manylinux_2_28_aarch64"
@@ -53,7 +53,7 @@ def fetch_runtime(wheel_dir: Path | None = None) -> Path:
             with progress.step(f"download the aarch64 wheels of {', '.join(missing)}"):
                 _pip_download(missing, source)
             wheels = {p: _find_wheel(source, p) for p in LIBRARIES}
-        with atomic_directory(folder) as staging:
+        with cache_directory(folder) as staging:
             for package, wheel in wheels.items():
                 if wheel is None:
                     raise EdgefoldError(f"no {PLATFORM} wheel of {package} was downloaded")
@@ -84,9 +84,12 @@ def _extract(wheel: Path, library: str, headers: str, folder: Path) -> None:
         (folder / "lib").mkdir(exist_ok=True)
         with archive.open(library) as source, open(folder / "lib" / Path(library).name, "wb") as target:
             shutil.copyfileobj(source, target)
+        include = (folder / "include").resolve()
         for member in archive.namelist():
             if member.startswith(headers) and not member.endswith("/"):
                 destination = folder / "include" / member[len(headers):]
+                if include not in destination.resolve().parents:  # a crafted wheel's "../" member
+                    raise EdgefoldError(f"{wheel.name}: member {member!r} would be written outside {include}")
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(member) as source, open(destination, "wb") as target:
                     shutil.copyfileobj(source, target)

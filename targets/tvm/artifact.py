@@ -17,24 +17,25 @@ build's other files (report.json, report.html, ...) are kept as they are.
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from edgefold import onnx_io, progress
-from edgefold.atomic import atomic_directory, cache_root
+from edgefold.atomic import STAGING_MARKER, WRITTEN_BY, claim_output, output_directory, read_own_manifest, scratch_directory
 from edgefold.errors import EdgefoldError
 from edgefold.hashing import sha256_file, sha256_json
+from edgefold.interrupts import native_calls
 from edgefold.manifest import write_json
+from edgefold.safe_names import safe_name
 from edgefold.targets.tvm import build_cache
 
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "compile-report.json"
 _MODEL_FILES = ("model.onnx", "model.onnx.data")
+BUILD_REPORTS = ("report.json", "report.html", "junit.xml")
 _SIGNIFICANT = 4  # fidelity digits in the manifest: stable across runs of the same library
 
 
@@ -48,9 +49,7 @@ def resolve_model(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
     if path.suffix == ".onnx":
         if not path.exists():
             raise EdgefoldError(f"model file not found: {path}")
-        source_manifest = path.parent / MANIFEST_FILE
-        manifest = json.loads(source_manifest.read_text()) if source_manifest.exists() else None
-        return path, manifest
+        return path, read_own_manifest(path.parent)
     from edgefold.export import export_model
 
     return export_model(str(model)).path, None
@@ -60,48 +59,84 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
                   seqs: list[int] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
                   trials: int | None = None, rpc: str | None = None, check: bool = True,
                   latency: bool = True, reuse: bool = True, kv_cache: int | None = None,
-                  announce_as: Path | None = None) -> dict[str, Any]:
+                  force: bool = False) -> dict[str, Any]:
     """Compile, tune (reusing the database), build and write the artifact; returns the manifest.
 
+    `output` follows the output-folder rule (`edgefold.atomic.claim_output`); `force` also
+    replaces edgefold's files in a folder that holds other files (those are kept).
     `reuse=False` ignores finished builds in the cache (the tuning database is still used).
     `kv_cache`: slots of a causal LM's decode KV cache (default 256; 0 = decode without a cache).
     """
     from edgefold.targets.profiles import load_profile
+
+    model_path, source_manifest = resolve_model(model)
+    device = load_profile(profile)
+    meta = _model_meta(model_path, source_manifest)
+    out_dir = Path(output) if output else Path("dist") / f"{safe_name(meta['name'])}-{safe_name(device.name, 'profile')}"
+    claim_output(out_dir, force=force)  # refuse a foreign folder before any work
+    carried = _carried_files(model_path, out_dir)
+    with output_directory(out_dir, force=force) as staging:
+        with progress.step(f"copy {model_path.name} into the artifact"):
+            _copy_model(model_path, staging)
+        for name, data in carried.items():
+            (staging / name).write_bytes(data)
+        manifest = _compile(staging, source_manifest, device, meta, seqs=seqs, shapes=shapes, trials=trials, rpc=rpc,
+                            check=check, latency=latency, reuse=reuse, kv_cache=kv_cache, carried=set(carried),
+                            announce_as=out_dir)
+    return manifest
+
+
+def compile_into_folder(folder: Path, source_manifest: dict[str, Any] | None, profile: str, *,
+                        seqs: list[int] | None = None, trials: int | None = None, kv_cache: int | None = None,
+                        announce_as: Path | None = None) -> dict[str, Any]:
+    """Compile `folder/model.onnx` into `folder` itself (a build's staging folder, which the
+    build commits); the build's manifest comes in as an object and goes out with `compile`."""
+    from edgefold.targets.profiles import load_profile
+
+    device = load_profile(profile)
+    meta = _model_meta(folder / "model.onnx", source_manifest)
+    carried = {p.name for p in folder.iterdir()
+               if p.is_file() and p.name not in (*_MODEL_FILES, MANIFEST_FILE, STAGING_MARKER)}
+    return _compile(folder, source_manifest, device, meta, seqs=seqs, shapes=None, trials=trials, rpc=None,
+                    check=True, latency=True, reuse=True, kv_cache=kv_cache, carried=carried,
+                    announce_as=announce_as or folder)
+
+
+def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, seqs, shapes, trials, rpc, check,
+             latency, reuse, kv_cache, carried: set[str], announce_as: Path) -> dict[str, Any]:
+    """The compile proper, into `staging` (which already holds model.onnx)."""
     from edgefold.targets.tvm.buckets import DEFAULT_KV_CACHE, plan_buckets
     from edgefold.targets.tvm.references import References
     from edgefold.targets.tvm.build import check_toolchain, library_kind
     from edgefold.targets.tvm.environment import load_tvm, target_family, tvm_target
 
     start = time.perf_counter()
-    model_path, source_manifest = resolve_model(model)
-    device = load_profile(profile)
+    model_path = staging / "model.onnx"
     family = target_family(device.tvm_target)
     load_tvm(family)
     target = tvm_target(device.tvm_target)
     kind = library_kind(target)
     check_toolchain(device, kind)
-    meta = _model_meta(model_path, source_manifest)
     buckets = plan_buckets(model_path, meta["task"], seqs=seqs, shapes=shapes,
                            kv_cache=DEFAULT_KV_CACHE if kv_cache is None else kv_cache)
     budget = device.tuning_trials if trials is None else trials
     if budget < 0:
         raise EdgefoldError(f"--trials must be >= 0 (got {budget})")
-    out_dir = Path(output) if output else Path("dist") / f"{meta['name']}-{device.name}"
-    carried = _carried_files(model_path, out_dir)
 
-    work_root = cache_root() / "work"
-    work_root.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"schema": 1, "buckets": {}, "machine": {"platform": platform.platform()}}
-    with tempfile.TemporaryDirectory(prefix="compile-", dir=work_root) as scratch, \
-            atomic_directory(out_dir) as staging:
-        scratch = Path(scratch)
-        with progress.step(f"copy {model_path.name} into the artifact"):
-            _copy_model(model_path, staging)
-        for name, data in carried.items():
-            (staging / name).write_bytes(data)
-        references = References(staging / "model.onnx", scratch)
+    with scratch_directory("compile") as scratch:
+        references = References(model_path, scratch)
         entries, weight_files = [], {}
         model_digest = build_cache.model_hash(onnx_io.model_files(model_path))
+        llm = None
+        if not shapes and meta["task"] == "causal-lm":
+            llm = _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency,
+                               reuse, model_digest)
+        if llm is not None:
+            entries = llm.entries
+            report["buckets"] = llm.timings
+            report["path"] = "llm"
+            buckets = []
         for bucket in buckets:
             key = _bucket_key(model_digest, bucket, device, target, budget, check)
             hit = build_cache.load(key) if reuse else None
@@ -121,7 +156,7 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
                 files = {name: staging / name for name in (entry["library"], *entry["extra"], entry["weights"])}
                 if (staging / "tuning" / bucket.label).exists():
                     files[f"tuning/{bucket.label}"] = staging / "tuning" / bucket.label
-                build_cache.store(_bucket_key(model_digest, bucket, device, target, budget, check), entry, files)
+                build_cache.store(key, entry, files)
             if check and latency and kind == "x86_64":
                 timing["latency"] = _measure_latency(staging, entry, meta, references)
             entries.append(entry)
@@ -132,8 +167,23 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
         write_json(staging / MANIFEST_FILE, manifest)
         report["seconds_total"] = round(time.perf_counter() - start, 2)
         write_json(staging / REPORT_FILE, report)
-    _print_summary(announce_as or out_dir, manifest, report)  # a build names its final folder, not its staging
+    _print_summary(announce_as, manifest, report)  # a build names its final folder, not its staging
     return manifest
+
+
+def _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency, reuse,
+                 model_digest):
+    """The hand-scheduled LLM libraries (`llm.compile`), or None when the model is not such a decoder."""
+    from edgefold.targets.tvm.environment import tool_versions
+    from edgefold.targets.tvm.llm.compile import compile_llm
+
+    kv = max((b.kv_cache for b in buckets), default=0)
+    seqs = sorted(1 if b.label == "decode" else int(b.shapes["input_ids"][1]) for b in buckets)
+    key = build_cache.build_key(model=model_digest, bucket={"llm": seqs, "kv_cache": kv, "check": check},
+                                profile=device.model_dump(mode="json"), target=str(target), budget=0,
+                                records=Path("/nonexistent"), versions=tool_versions())
+    return compile_llm(model_path, meta, device, target, kind, seqs, kv, staging, references, check=check,
+                       latency=latency, reuse=reuse, cache_key=key)
 
 
 # ---------------------------------------------------------------- one bucket
@@ -154,7 +204,7 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
     model_path = references.graph_for(bucket.kv_cache)
     if bucket.kv_cache:
         bucket = decode_bucket(model_path, bucket.kv_cache)
-    with progress.step(f"import {label} ({bucket.describe()})"):
+    with progress.step(f"import {label} ({bucket.describe()})"), native_calls():
         t = time.perf_counter()
         try:
             imported = import_bucket(model_path, bucket, scratch)
@@ -190,7 +240,7 @@ def _compile_bucket(bucket, references, device, target, kind, family, budget, rp
             notes.append("CPU schedules transferred from this machine's host tuning database "
                          f"({host.folder.name}/{label}); not measured on the device")
             progress.info(f"    {notes[-1]}")
-    with progress.step(f"build {label} for {device.name} ({kind})"):
+    with progress.step(f"build {label} for {device.name} ({kind})"), native_calls():
         t = time.perf_counter()
         has_records = _has_records(schedules)
         executable = compile_executable(device_mod, target, schedules.open() if has_records else None)
@@ -344,19 +394,20 @@ def _model_meta(model_path: Path, source_manifest: dict | None) -> dict[str, Any
     name = meta.get("edgefold.model") or model_path.stem
     if source_manifest and source_manifest.get("model", {}).get("name"):
         name = source_manifest["model"]["name"]
-    return {"name": Path(name).name, "task": meta.get("edgefold.task", "generic"),
+    return {"name": safe_name(name), "task": meta.get("edgefold.task", "generic"),
             "tokenizer": meta.get("edgefold.tokenizer"), "source_sha256": meta.get("edgefold.source_sha256")}
 
 
 def _carried_files(model_path: Path, out_dir: Path) -> dict[str, bytes]:
     """A build's other files, kept when the artifact replaces the folder the model came from."""
     source = model_path.parent.resolve()
-    if not out_dir.exists() or source != out_dir.resolve():
+    if not out_dir.exists() or source != out_dir.resolve() or read_own_manifest(source) is None:
         return {}
     keep = {}
-    for path in sorted(source.iterdir()):
-        if path.is_file() and path.name not in (*_MODEL_FILES, MANIFEST_FILE, REPORT_FILE):
-            keep[path.name] = path.read_bytes()
+    for name in sorted(BUILD_REPORTS):  # the build's reports; anything else is not ours to copy
+        path = source / name
+        if path.is_file() and not path.is_symlink():
+            keep[name] = path.read_bytes()
     return keep
 
 
@@ -364,7 +415,7 @@ def _file_hashes(folder: Path, exclude: set[str]) -> dict[str, str]:
     hashes = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if relative not in exclude:
+        if relative not in exclude and path.name != STAGING_MARKER:
             hashes[relative] = sha256_file(path)
     return hashes
 
@@ -400,7 +451,8 @@ def _manifest(meta, source_manifest, device, target, kind, entries, runner, stag
     if "model" not in base:
         base["model"] = {"name": meta["name"], "task": meta["task"], "source_sha256": meta["source_sha256"]}
     versions = {**base.get("versions", {}), **tool_versions(), "edgefold": __version__}
-    return {**base, "schema": base.get("schema", 1), "edgefold_version": __version__, "compile": compiled,
+    return {**base, "written_by": WRITTEN_BY, "schema": base.get("schema", 1), "edgefold_version": __version__,
+            "compile": compiled,
             "files": files, "versions": dict(sorted(versions.items()))}
 
 

@@ -6,19 +6,20 @@ and edgefold's own compile code. The key is a hash of all of them, with the data
 as tuning left it; the next compile of the same inputs finds the key (its database
 looks the same, since nothing is left to tune) and copies the result without
 importing, tuning or building anything. Entries are written atomically; an incomplete
-one is ignored.
+one is ignored. Files are copied in and out (never hard-linked: editing an artifact in
+place must not change the cache), and their sha256 is checked on every use: an entry
+whose files changed is ignored and rebuilt.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from edgefold.atomic import atomic_directory, cache_root
+from edgefold.atomic import cache_directory, cache_root
 from edgefold.hashing import sha256_file, sha256_files, sha256_json
 
 ENTRY_FILE = "entry.json"
@@ -55,29 +56,46 @@ def _folder(key: str) -> Path:
 
 
 def load(key: str) -> tuple[dict[str, Any], Path] | None:
-    """(entry, folder with its files) of a finished build, or None."""
+    """(entry, folder with its files) of a finished build whose files are intact, or None."""
     folder = _folder(key)
     try:
         entry = json.loads((folder / ENTRY_FILE).read_text())
     except (OSError, ValueError):
         return None
-    files = entry.get("_files", [])
-    if not all((folder / name).exists() for name in files):
-        return None
+    hashes = entry.get("_hashes")
+    if not isinstance(hashes, dict) or not hashes or _hashes(folder, entry.get("_files", [])) != hashes:
+        return None  # missing, modified or from an older format: build again
     return entry, folder
 
 
+def _hashes(folder: Path, names: list[str]) -> dict[str, str] | None:
+    """sha256 of every file under the entry's names, by relative path; None if one is missing."""
+    found: dict[str, str] = {}
+    for name in names:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                found[file.relative_to(folder).as_posix()] = sha256_file(file)
+        elif path.is_file() and not path.is_symlink():
+            found[name] = sha256_file(path)
+        else:
+            return None
+    return found
+
+
 def store(key: str, entry: dict[str, Any], files: dict[str, Path]) -> None:
-    """Keep `files` (artifact-relative name -> path) and `entry` under `key`."""
-    with atomic_directory(_folder(key)) as staging:
+    """Keep copies of `files` (artifact-relative name -> path) and `entry` under `key`."""
+    with cache_directory(_folder(key)) as staging:
         for name, path in files.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if path.is_dir():
                 shutil.copytree(path, target)
             else:
-                _link_or_copy(path, target)
-        (staging / ENTRY_FILE).write_text(json.dumps({**entry, "_files": sorted(files)}, sort_keys=True))
+                shutil.copyfile(path, target)
+        hashes = _hashes(staging, sorted(files))
+        (staging / ENTRY_FILE).write_text(json.dumps({**entry, "_files": sorted(files), "_hashes": hashes},
+                                                     sort_keys=True))
 
 
 def restore(folder: Path, entry: dict[str, Any], staging: Path) -> None:
@@ -88,11 +106,3 @@ def restore(folder: Path, entry: dict[str, Any], staging: Path) -> None:
             shutil.copytree(source, target, dirs_exist_ok=True)
         elif not target.exists():  # a weight file shared with an earlier shape is already there
             shutil.copyfile(source, target)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where possible: the cache then costs no second copy of the weights."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)

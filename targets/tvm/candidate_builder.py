@@ -14,8 +14,9 @@ import os
 import tempfile
 
 
-def make_builder(cross_compiler: str | None = None):
-    """A MetaSchedule builder object (needs TVM imported)."""
+def make_builder(cross_compiler: str | None = None, folder: str | os.PathLike | None = None):
+    """A MetaSchedule builder object (needs TVM imported). Candidates go into `folder`
+    (the tuning run's scratch folder, removed when it ends), not into /tmp for good."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 
@@ -35,7 +36,7 @@ def make_builder(cross_compiler: str | None = None):
             try:
                 mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
                 library = tvm.driver.build(mod, target=item.target)
-                path = os.path.join(tempfile.mkdtemp(prefix="edgefold-candidate-"), "candidate.so")
+                path = os.path.join(tempfile.mkdtemp(prefix="candidate-", dir=folder), "candidate.so")
                 if self.cross_compiler:
                     from tvm.support import cc
 

@@ -14,6 +14,7 @@ decode kernel that `lowering.py` fuses into the matmul or gather that reads it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -30,17 +31,32 @@ _CODE_KINDS = {
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 
 
-def collapse_decoders(model: ir.Model) -> dict[str, int]:
-    """Rewrite `model` in place; returns how many weights of each kind were collapsed."""
+@dataclass(frozen=True)
+class SideCodes:
+    """How a folded 8-bit scale or minimum was stored: value = (codes - zero) * step, with one
+    step (and zero) per index of `axis`, or one for the whole tensor when `axis` is None."""
+
+    codes: np.ndarray  # uint8, the shape of the folded tensor
+    step: np.ndarray  # float32, [codes.shape[axis]] or [1]
+    zero: np.ndarray | None  # uint8 like step, or None (0)
+    axis: int | None
+
+
+def collapse_decoders(model: ir.Model, side_codes: dict[str, SideCodes] | None = None) -> dict[str, int]:
+    """Rewrite `model` in place; returns how many weights of each kind were collapsed.
+
+    `side_codes`, if given, receives the 8-bit form of every scale or minimum that was
+    folded to float32, by the name of the folded initializer (kernels that keep weights
+    packed read those bytes instead of the float32 values)."""
     counts: dict[str, int] = {}
-    folded = _fold_quantized_scales(model)
+    folded = _fold_quantized_scales(model, side_codes)
     if folded:
         counts["8-bit scales/minimums"] = folded
     # Dequantization first: its fp16 scales sit behind Casts that are not fp16 weights.
     for node in list(model.graph):
         kind = None
         if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx"):
-            kind = _collapse_dequantize(model, node)
+            kind = _collapse_dequantize(model, node, side_codes)
         elif node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
             kind = _collapse_matmul_nbits(model, node)
         if kind:
@@ -55,7 +71,7 @@ def collapse_decoders(model: ir.Model) -> dict[str, int]:
     return counts
 
 
-def _fold_quantized_scales(model: ir.Model) -> int:
+def _fold_quantized_scales(model: ir.Model, side_codes: dict[str, SideCodes] | None = None) -> int:
     """Double quantization: a weight's block scales (or the block minimums of the `min`
     scheme) stored as 8-bit codes times a step: `DequantizeLinear(codes, step)` feeding
     the weight's DequantizeLinear scale, or the Add of the min chain. They are small (one
@@ -82,6 +98,16 @@ def _fold_quantized_scales(model: ir.Model) -> int:
             opset_imports=[onnx.helper.make_opsetid("", 21)])
         (scale,) = ReferenceEvaluator(graph_model).run(None, inputs)
         value = _initializer(model, f"{node.outputs[0].name}.folded", np.asarray(scale, dtype=np.float32))
+        if side_codes is not None and node.inputs[0].const_value.dtype == ir.DataType.UINT8:
+            zero_input = node.inputs[2] if len(node.inputs) > 2 else None
+            axis = node.attributes.get_int("axis", 1) if node.inputs[1].const_value.size > 1 else None
+            codes = inputs[node.inputs[0].name]
+            if axis is not None and axis < 0:
+                axis += codes.ndim
+            side_codes[value.name] = SideCodes(
+                codes=np.asarray(codes, np.uint8), step=np.asarray(inputs[node.inputs[1].name], np.float32).reshape(-1),
+                zero=None if zero_input is None else np.asarray(inputs[zero_input.name], np.uint8).reshape(-1),
+                axis=axis)
         node.outputs[0].replace_all_uses_with(value)
         folded += 1
     if folded:
@@ -125,7 +151,7 @@ def _initializer(model: ir.Model, base: str, array: np.ndarray) -> ir.Value:
 # ---------------------------------------------------------------- DequantizeLinear
 
 
-def _collapse_dequantize(model: ir.Model, node: ir.Node) -> str | None:
+def _collapse_dequantize(model: ir.Model, node: ir.Node, side_codes: dict[str, SideCodes] | None = None) -> str | None:
     codes = node.inputs[0].const_value if node.inputs[0] is not None else None
     if codes is None or codes.dtype not in _CODE_KINDS:
         return None
@@ -146,6 +172,10 @@ def _collapse_dequantize(model: ir.Model, node: ir.Node) -> str | None:
     name = node.inputs[0].name
     inputs = [_initializer(model, f"{name}.codes", _codes_array(codes, kind)),
               _initializer(model, f"{name}.scale", scale_array)]
+    if side_codes is not None and node.inputs[1].name in side_codes:  # same blocked shape: same axes
+        record = side_codes[node.inputs[1].name]
+        side_codes[inputs[1].name] = SideCodes(record.codes.reshape(scale_array.shape), record.step, record.zero,
+                                               record.axis)
     attributes = {"kind": kind, "shape": shape, "axis": axis, "block": block, "has_zero": 0, "has_min": 0}
     if zero is not None and kind != "fp8e4m3" and zero.numpy().astype(np.int32).any():
         # (an all-zero zero point changes nothing; FP8 zero points are always 0)
@@ -154,9 +184,15 @@ def _collapse_dequantize(model: ir.Model, node: ir.Node) -> str | None:
         inputs.append(_initializer(model, f"{name}.zero", _zero_array(zero, kind, scale_array.shape)))
         attributes["has_zero"] = 1
     output = node.outputs[0]
-    minimum, output = _min_chain(output, shape, axis, block)
+    minimum, output, min_name = _min_chain(output, shape, axis, block)
     if minimum is not None:
         inputs.append(_initializer(model, f"{name}.min", minimum.reshape(scale_array.shape)))
+        if side_codes is not None and min_name in side_codes:
+            # The minimum was stored with a size-1 axis after the block axis; the decode drops it.
+            record = side_codes[min_name]
+            moved = None if record.axis is None else (record.axis - 1 if record.axis > axis + 1 else record.axis)
+            side_codes[inputs[-1].name] = SideCodes(record.codes.reshape(scale_array.shape), record.step,
+                                                    record.zero, moved)
         attributes["has_min"] = 1
     _replace_readers(model, node, output, inputs, attributes, shape)
     return kind
@@ -188,25 +224,26 @@ def _zero_array(zero: ir.TensorProtocol, kind: str, shape: tuple[int, ...]) -> n
 
 
 def _min_chain(output: ir.Value, shape: list[int], axis: int, block: int):
-    """The `min` scheme: Reshape(split blocks) -> Add(minimum) -> Reshape(back). Returns (min, last value)."""
+    """The `min` scheme: Reshape(split blocks) -> Add(minimum) -> Reshape(back).
+    Returns (min, last value, the minimum's initializer name)."""
     uses = list(output.uses())
     if block == 0 or len(uses) != 1 or uses[0].node.op_type != "Reshape" or output.is_graph_output():
-        return None, output
+        return None, output, None
     split = uses[0].node
     adds = list(split.outputs[0].uses())
     if len(adds) != 1 or adds[0].node.op_type != "Add":
-        return None, output
+        return None, output, None
     add = adds[0].node
     other = add.inputs[1 - adds[0].idx]
     minimum = _const(other)
     backs = list(add.outputs[0].uses())
     if minimum is None or len(backs) != 1 or backs[0].node.op_type != "Reshape":
-        return None, output
+        return None, output, None
     back = backs[0].node
     target = _const(back.inputs[1])
     if target is None or list(target.numpy().reshape(-1)) != shape:
-        return None, output
-    return minimum.numpy(), back.outputs[0]
+        return None, output, None
+    return minimum.numpy(), back.outputs[0], other.name
 
 
 def _replace_readers(model: ir.Model, anchor: ir.Node, value: ir.Value, inputs: list[ir.Value],

@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Iterator
 
 from edgefold import progress
-from edgefold.atomic import cache_root
+from edgefold.atomic import cache_root, scratch_directory
 from edgefold.errors import EdgefoldError
+from edgefold import interrupts
+from edgefold.interrupts import native_calls
+from edgefold.safe_names import safe_name
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -56,7 +59,7 @@ class TuningDatabase:
     @classmethod
     def for_bucket(cls, profile_name: str, target_text: str, label: str) -> "TuningDatabase":
         digest = hashlib.sha256(target_text.encode()).hexdigest()[:10]
-        return cls(cache_root() / "tuning" / f"{profile_name}-{digest}" / label)
+        return cls(cache_root() / "tuning" / f"{safe_name(profile_name, 'profile')}-{digest}" / safe_name(label, 'shape'))
 
     @property
     def workload_path(self) -> Path:
@@ -195,7 +198,7 @@ def tune(mod, target, database: TuningDatabase, trials: int, measurement: Measur
         outcome.skipped = "no device to measure on (give --rpc TRACKER:PORT:KEY)"
         return outcome
     _quiet_metaschedule()
-    with database.lock():
+    with database.lock(), contextlib.ExitStack() as stack:
         dropped = database.repair()
         if dropped:
             progress.info(f"    tuning database: dropped {dropped} incomplete line(s) left by an interrupted run")
@@ -206,10 +209,15 @@ def tune(mod, target, database: TuningDatabase, trials: int, measurement: Measur
             outcome.seconds = round(time.perf_counter() - start, 2)
             return outcome
         db = database.open()
-        builder, runner = make_builder(cross_compiler), measurement.runner()
+        candidates = stack.enter_context(scratch_directory("tune"))
+        builder, runner = make_builder(cross_compiler, candidates), measurement.runner()
         progress.info(f"    tuning {len(pending)} of {len(tasks)} kernels{' for ' + label if label else ''}, "
                       f"{per_task} trial(s) each ({database.folder})")
+        # MetaSchedule calls back into Python and checks for signals itself, catching what a
+        # handler raises: signals are only recorded inside, and acted on between kernels.
+        stack.enter_context(native_calls())
         for index, task in enumerate(pending, start=1):
+            interrupts.check()
             before = len(db)
             _quiet_metaschedule()  # each tune_tasks call re-reads the level for its console handler
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(

@@ -431,6 +431,29 @@ def test_report_json_and_table_are_stable(decoder_block: Analysis):
     assert "Layers" in text and "q_proj" in text and "4q/2kv" in text
 
 
+def _unnamed(proto: onnx.ModelProto) -> onnx.ModelProto:
+    for node in proto.graph.node:
+        node.name = ""
+    return proto
+
+
+@pytest.mark.parametrize("build", [conv_model, erf_gelu_gemm_model])
+def test_unnamed_nodes_are_named_at_load_and_analysed_like_named_ones(tmp_path, build):
+    """Exporters may leave node names empty (legal ONNX). onnx_io.load names them, so the
+    analysis finds the same groups; handed an unnamed graph directly, it explains and never crashes."""
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(_unnamed(build()), path)
+    named, loaded = analyse(build()), analyse(onnx_io.load(path))
+    assert (len(loaded.ffns), len(loaded.conv_groups), len(loaded.ties)) == (
+        len(named.ffns), len(named.conv_groups), len(named.ties))
+    assert [g.prunable for g in loaded.conv_groups] == [g.prunable for g in named.conv_groups]
+    assert [(f.hidden, f.intermediate, f.activation) for f in loaded.ffns] == [
+        (f.hidden, f.intermediate, f.activation) for f in named.ffns]
+    direct = analyse(_unnamed(build()))
+    assert direct.ffns == [] and direct.conv_groups == []
+    assert any("have no name" in line for line in direct.left_as_is)
+
+
 def test_analysis_does_not_modify_model():
     proto = erf_gelu_gemm_model()
     before = proto.SerializeToString()

@@ -1,6 +1,13 @@
 // edgefold-runner: run a compiled edgefold library on a device, without Python.
 //
-//   edgefold-runner LIBRARY.so WEIGHTS.bin INPUTS.bin OUTPUTS.bin [--repeat N] [--threads N]
+//   edgefold-runner LIBRARY.so WEIGHTS.bin INPUTS.bin OUTPUTS.bin [--repeat N]
+//   edgefold-runner --llm DECODE.so WEIGHTS.bin INPUTS.bin OUTPUTS.bin [--generate N] [--prefill PREFILL.so]
+//
+// The second form runs an LLM artifact (see targets/tvm/llm): INPUTS holds `tokens`
+// (int64 [n]) and `cache_len` (int64 [1]); the runner owns the KV cache (zeroed), feeds
+// the tokens (through PREFILL.so's `prefill` in one call when given, else one `decode`
+// call each), writes every decode step's logits to OUTPUTS (`logits` [steps, vocab]),
+// then greedily generates N more tokens and prints their ids and the median ms per token.
 //
 // WEIGHTS, INPUTS and OUTPUTS use edgefold's small tensor file format ("EFW1", see
 // targets/tvm/weights.py): a header of (dtype, shape, offset, size, name) entries, then
@@ -37,6 +44,15 @@ struct ViewAlloc {
   void* data;
   void AllocData(DLTensor* tensor) { tensor->data = data; }
   void FreeData(DLTensor*) {}
+};
+
+// Memory the runner owns (the KV cache, small id tensors).
+struct DefaultAlloc {
+  void AllocData(DLTensor* tensor) {
+    size_t bytes = ffi::GetDataSize(*tensor);
+    tensor->data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  }
+  void FreeData(DLTensor* tensor) { std::free(tensor->data); }
 };
 
 struct Entry {
@@ -153,7 +169,98 @@ static std::vector<ffi::Tensor> Flatten(const ffi::Any& result) {
   return out;
 }
 
+static ffi::Function LoadEntry(const std::string& path, const char* name) {
+  ffi::Module library = ffi::Module::LoadFromFile(path);
+  ffi::Module vm = library->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
+  vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);  // cpu, device 0, pooled
+  return vm->GetFunction(name).value();
+}
+
+static ffi::Tensor Int64Tensor(const std::vector<int64_t>& values, std::vector<int64_t> shape) {
+  ffi::Tensor t = ffi::Tensor::FromNDAlloc(DefaultAlloc{}, ffi::ShapeView(shape.data(), shape.size()),
+                                           DLDataType{kDLInt, 64, 1}, DLDevice{kDLCPU, 0});
+  std::memcpy(t.data_ptr(), values.data(), values.size() * sizeof(int64_t));
+  return t;
+}
+
+static int RunLlm(int argc, char** argv) {
+  int generate = 0;
+  std::string prefill_path;
+  for (int i = 6; i + 1 < argc; i += 2) {
+    if (std::string(argv[i]) == "--generate") generate = std::atoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--prefill") prefill_path = argv[i + 1];
+  }
+  ffi::Function decode = LoadEntry(argv[2], "decode");
+  TensorFile weights(argv[3]), inputs(argv[4]);
+  ffi::Tensor blob = weights.Tensors().at(0);
+  std::vector<int64_t> tokens, cache_len;
+  for (size_t i = 0; i < inputs.entries().size(); ++i) {
+    const Entry& e = inputs.entries()[i];
+    const int64_t* data = static_cast<const int64_t*>(inputs.Tensors()[i].data_ptr());
+    std::vector<int64_t>& target = e.name == "tokens" ? tokens : cache_len;
+    target.assign(data, data + e.nbytes / 8);
+  }
+  if (tokens.empty() || cache_len.size() != 1) throw std::runtime_error("INPUTS needs tokens and cache_len");
+  std::vector<int64_t> cache_shape = {cache_len[0]};
+  ffi::Tensor cache = ffi::Tensor::FromNDAlloc(DefaultAlloc{}, ffi::ShapeView(cache_shape.data(), 1),
+                                               DLDataType{kDLFloat, 32, 1}, DLDevice{kDLCPU, 0});
+  std::memset(cache.data_ptr(), 0, cache_len[0] * sizeof(float));
+  std::vector<std::vector<float>> steps;
+  ffi::Tensor logits;
+  auto keep = [&](const ffi::Tensor& t) {
+    const float* p = static_cast<const float*>(t.data_ptr());
+    steps.emplace_back(p, p + t.numel());
+  };
+  int64_t position = 0;
+  if (!prefill_path.empty()) {
+    ffi::Function prefill = LoadEntry(prefill_path, "prefill");
+    std::vector<int64_t> ids = tokens;  // the caller pads the prompt to the library's bucket
+    logits = prefill(Int64Tensor(ids, {1, static_cast<int64_t>(ids.size())}), Int64Tensor({0}, {1}),
+                     Int64Tensor({static_cast<int64_t>(ids.size())}, {1}), cache, blob).cast<ffi::Tensor>();
+    keep(logits);
+    position = static_cast<int64_t>(ids.size());
+  } else {
+    for (int64_t token : tokens) {
+      logits = decode(Int64Tensor({token}, {1, 1}), Int64Tensor({position}, {1}), cache, blob).cast<ffi::Tensor>();
+      keep(logits);
+      ++position;
+    }
+  }
+  std::vector<double> ms;
+  std::printf("generated");
+  for (int i = 0; i < generate && position < cache_len[0]; ++i) {
+    const float* p = static_cast<const float*>(logits.data_ptr());
+    int64_t next = std::max_element(p, p + logits.numel()) - p;
+    std::printf(" %lld", static_cast<long long>(next));
+    auto start = std::chrono::steady_clock::now();
+    logits = decode(Int64Tensor({next}, {1, 1}), Int64Tensor({position}, {1}), cache, blob).cast<ffi::Tensor>();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    ++position;
+  }
+  std::printf("\n");
+  if (!ms.empty()) {
+    std::sort(ms.begin(), ms.end());
+    std::printf("median_ms_per_token %.4f\n", ms[ms.size() / 2]);
+  }
+  // logits of every fed step, [steps, vocab]
+  std::vector<int64_t> shape = {static_cast<int64_t>(steps.size()), static_cast<int64_t>(steps[0].size())};
+  ffi::Tensor out = ffi::Tensor::FromNDAlloc(DefaultAlloc{}, ffi::ShapeView(shape.data(), 2), DLDataType{kDLFloat, 32, 1},
+                                             DLDevice{kDLCPU, 0});
+  for (size_t i = 0; i < steps.size(); ++i)
+    std::memcpy(static_cast<float*>(out.data_ptr()) + i * shape[1], steps[i].data(), shape[1] * sizeof(float));
+  WriteTensors(argv[5], {out});
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 6 && std::string(argv[1]) == "--llm") {
+    try {
+      return RunLlm(argc, argv);
+    } catch (const std::exception& error) {
+      std::fprintf(stderr, "edgefold-runner: %s\n", error.what());
+      return 1;
+    }
+  }
   if (argc < 5) {
     std::fprintf(stderr, "usage: %s LIBRARY.so WEIGHTS.bin INPUTS.bin OUTPUTS.bin [--repeat N]\n", argv[0]);
     return 2;

@@ -1,0 +1,362 @@
+"""Matrix-matrix product for a prompt of M tokens (prefill), same packed weights as the GEMV.
+
+    y[m, y_off + n] (+)= sum_k W[n, k] * a[m, k]        m < M, n < N
+
+The prologue (RMSNorm / copy / SwiGLU, then int8 quantization per block of 32) runs per
+token, in parallel over tokens. The product runs in parallel over groups of 16 weight
+rows; each group's packed weights (a few KB) stay in L1 while every token of the
+prompt goes past them in register tiles of `tile` tokens, so the weights are read from
+memory once per prompt instead of once per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm.script import tirx as T
+
+from edgefold.targets.tvm.kernels import act
+from edgefold.targets.tvm.kernels.gemv import SCHEDULED, STORAGE_DTYPES, _dot, fp8_to_f32
+from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
+from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    isa: Isa
+    fmt: IntFormat | FloatFormat
+    n: int
+    k: int
+    m: int  # tokens
+    prologue: str  # "norm", "plain", "swiglu"
+    src_width: int  # row length of the source buffer [m, src_width]
+    out_width: int  # row length of the output buffer [m, out_width]
+    accumulate: bool = False
+    bias: bool = False
+    eps: float = 1e-5
+
+    @property
+    def name(self) -> str:
+        mode = "acc" if self.accumulate else "set"
+        return (f"gemm_{self.fmt.key}_{self.m}x{self.n}x{self.k}_{self.prologue}_{mode}{'_bias' if self.bias else ''}"
+                f"_{self.isa.name}").replace("-", "_")
+
+    @property
+    def uses_int_dot(self) -> bool:
+        if not isinstance(self.fmt, IntFormat) or not self.isa.has_int_dot:
+            return False
+        return not (self.fmt.bits == 8 and self.isa.int_dot.startswith("maddubs"))
+
+    @property
+    def tile(self) -> int:
+        """Tokens per register tile: what the isa's vector registers hold with the accumulators."""
+        if isinstance(self.fmt, FloatFormat) or not self.uses_int_dot:
+            return 8 if self.isa.lanes == 16 else 4
+        return 4 if self.isa.lanes == 16 else 2
+
+
+def build_gemm(spec: GemmSpec) -> tvm.tirx.PrimFunc:
+    if spec.uses_int_dot:
+        return _int_gemm(spec)
+    return _float_act_gemm(spec)
+
+
+def _row_prologue(spec: GemmSpec, kp: int):
+    lanes = spec.isa.lanes
+    if spec.prologue == "norm":
+        return act.rms_norm_macro(spec.k, kp, spec.eps, lanes)
+    if spec.prologue == "swiglu":
+        return act.swiglu_macro(spec.k, kp, lanes)
+    return act.copy_macro(spec.k, kp, lanes)
+
+
+def _int_gemm(spec: GemmSpec):
+    isa, fmt = spec.isa, spec.fmt
+    L, SUB, MR = isa.lanes, ROWS // isa.lanes, spec.tile
+    N, K, KP, M = spec.n, spec.k, padded_k(spec.k), spec.m
+    G, ABLK = -(-N // ROWS), KP // ACT_BLOCK
+    WB = 1 if not fmt.block else -(-KP // fmt.block)
+    APW = (KP if not fmt.block else fmt.block) // ACT_BLOCK
+    WPA = ACT_BLOCK // (8 if fmt.bits == 4 else 4)
+    KW = KP // (8 if fmt.bits == 4 else 4)
+    MT = -(-M // MR)  # token tiles
+    FULL = N // ROWS
+    prologue = _row_prologue(spec, KP)
+    quantize = act.quantize_macro(KP, L)
+    sdt, mdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32")
+    ivec, fvec = f"int32x{L}", f"float32x{L}"
+    SW, OW, norm_prologue = spec.src_width, spec.out_width, spec.prologue == "norm"
+    has_bias, accumulate, four_bit = spec.bias, spec.accumulate, fmt.bits == 4
+    ACC = MR * ROWS
+
+    def bf(v):
+        return T.broadcast(T.float32(v), L)
+
+    def side(buf, step, zero, g, b, j, storage):
+        if storage == "u8":
+            codes = T.Cast(fvec, T.Cast(ivec, buf[g, b, T.ramp(j * L, 1, L)]))
+            return (codes - zero[g, T.ramp(j * L, 1, L)]) * step[g, T.ramp(j * L, 1, L)]
+        return T.Cast(fvec, buf[g, b, T.ramp(j * L, 1, L)])
+
+    @T.prim_func
+    def gemm(src: T.Buffer((M * SW,), "float32"), blob_h: T.handle, src_off: T.int64, y_off: T.int64,
+             o_w: T.int64, o_s: T.int64, o_ss: T.int64, o_sz: T.int64, o_z: T.int64, o_m: T.int64,
+             o_ms: T.int64, o_mz: T.int64, o_b: T.int64, o_n: T.int64, y: T.Buffer((M * OW,), "float32")):
+        T.func_attr(SCHEDULED)
+        nblob = T.int64()
+        blob = T.match_buffer(blob_h, (nblob,), "uint8")
+        W = T.decl_buffer((G, KW, ROWS), "int32", data=blob.data, elem_offset=o_w)
+        S = T.decl_buffer((G, WB, ROWS), sdt, data=blob.data, elem_offset=o_s)
+        Ss = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_ss)
+        Sz = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_sz)
+        Z = T.decl_buffer((G, WB, ROWS), "uint8", data=blob.data, elem_offset=o_z)
+        Mn = T.decl_buffer((G, WB, ROWS), mdt, data=blob.data, elem_offset=o_m)
+        Ms = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_ms)
+        Mz = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_mz)
+        Bias = T.decl_buffer((G * ROWS,), "float32", data=blob.data, elem_offset=o_b)
+        Norm = T.decl_buffer((K,), "float32", data=blob.data, elem_offset=o_n)
+        v = T.alloc_buffer((M, KP), "float32")
+        xq8 = T.alloc_buffer((MT * MR, KP), "int8")
+        xw = T.decl_buffer((MT * MR, KP // 4), "int32", data=xq8.data)
+        xs = T.alloc_buffer((MT * MR, ABLK), "float32")
+        xsum = T.alloc_buffer((MT * MR, ABLK), "float32")
+        for m in T.parallel(M):
+            if norm_prologue:
+                prologue(src, src_off + m * SW, Norm, 0, v, m)
+            else:
+                prologue(src, src_off + m * SW, v, m)
+            quantize(v, xq8, xs, xsum, m)
+        for m in range(MT * MR - M):  # the last tile's missing tokens: zeros (results discarded)
+            for i in range(KP):
+                xq8[M + m, i] = T.int8(0)
+            for b in range(ABLK):
+                xs[M + m, b] = T.float32(0)
+                xsum[M + m, b] = T.float32(0)
+        for g in T.parallel(G):
+            accf = T.alloc_buffer((ACC,), "float32", scope="local")
+            blockf = T.alloc_buffer((ACC,), "float32", scope="local")
+            lo = T.alloc_buffer((ACC,), "int32", scope="local")
+            hi = T.alloc_buffer((ACC,), "int32", scope="local")
+            tot = T.alloc_buffer((1,), "float32", scope="local")
+            for mt in range(MT):
+                for r in T.unroll(MR):
+                    for j in T.unroll(SUB):
+                        accf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
+                for wb in range(WB):
+                    for r in T.unroll(MR):
+                        for j in T.unroll(SUB):
+                            blockf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
+                    for ab in range(APW):
+                        a = wb * APW + ab
+                        if a < ABLK:
+                            for r in T.unroll(MR):
+                                for j in T.unroll(SUB):
+                                    lo[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
+                                    hi[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
+                            for t in T.unroll(WPA):
+                                for j in T.unroll(SUB):
+                                    word = W[g, a * WPA + t, T.ramp(j * L, 1, L)]
+                                    if four_bit:
+                                        low = T.bitwise_and(word, T.broadcast(T.int32(0x0F0F0F0F), L))
+                                        high = T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(4), L)),
+                                                             T.broadcast(T.int32(0x0F0F0F0F), L))
+                                        for r in T.unroll(MR):
+                                            lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                isa, lo[T.ramp(r * ROWS + j * L, 1, L)], low,
+                                                T.broadcast(xw[mt * MR + r, a * 8 + t * 2], L))
+                                            hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                isa, hi[T.ramp(r * ROWS + j * L, 1, L)], high,
+                                                T.broadcast(xw[mt * MR + r, a * 8 + t * 2 + 1], L))
+                                    else:
+                                        for r in T.unroll(MR):
+                                            if t % 2 == 0:
+                                                lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                    isa, lo[T.ramp(r * ROWS + j * L, 1, L)], word,
+                                                    T.broadcast(xw[mt * MR + r, a * 8 + t], L))
+                                            else:
+                                                hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                    isa, hi[T.ramp(r * ROWS + j * L, 1, L)], word,
+                                                    T.broadcast(xw[mt * MR + r, a * 8 + t], L))
+                            for r in T.unroll(MR):
+                                for j in T.unroll(SUB):
+                                    blockf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                        + T.Cast(fvec, lo[T.ramp(r * ROWS + j * L, 1, L)] + hi[T.ramp(r * ROWS + j * L, 1, L)]) \
+                                        * T.broadcast(xs[mt * MR + r, a], L)
+                    for j in T.unroll(SUB):
+                        scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
+                        if fmt.offset == "zero":
+                            offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
+                        elif fmt.offset == "min":
+                            offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
+                        else:
+                            offset = -(bf(fmt.bias) * scale)
+                        for r in T.unroll(MR):
+                            tot[0] = T.float32(0)
+                            for ab in range(APW):
+                                if wb * APW + ab < ABLK:
+                                    tot[0] = tot[0] + xsum[mt * MR + r, wb * APW + ab]
+                            accf[T.ramp(r * ROWS + j * L, 1, L)] = accf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                + blockf[T.ramp(r * ROWS + j * L, 1, L)] * scale + offset * T.broadcast(tot[0], L)
+                for r in range(MR):
+                    if mt * MR + r < M:
+                        _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
+                                   accumulate)
+
+    return gemm.with_attr("global_symbol", spec.name)
+
+
+@T.macro
+def _store_row(accf, r, y, base, Bias, g, full, n, lanes, sub, has_bias, accumulate):
+    """Write (or add) one token's 16 results of group g at y[base + g*16 ...]."""
+    if g < full:
+        for j in T.unroll(sub):
+            value = accf[T.ramp(r * ROWS + j * lanes, 1, lanes)]
+            if has_bias:
+                value = value + Bias[T.ramp(g * ROWS + j * lanes, 1, lanes)]
+            if accumulate:
+                y[T.ramp(base + g * ROWS + j * lanes, 1, lanes)] = y[T.ramp(base + g * ROWS + j * lanes, 1, lanes)] + value
+            else:
+                y[T.ramp(base + g * ROWS + j * lanes, 1, lanes)] = value
+    else:
+        for q in range(ROWS):
+            if g * ROWS + q < n:
+                value = accf[r * ROWS + q]
+                if has_bias:
+                    value = value + Bias[g * ROWS + q]
+                if accumulate:
+                    y[base + g * ROWS + q] = y[base + g * ROWS + q] + value
+                else:
+                    y[base + g * ROWS + q] = value
+
+
+def _float_act_gemm(spec: GemmSpec):
+    """fp32 activations: float weights, or low-bit weights widened to fp32 (isas without an
+    int8 dot product), with the per-block algebra for the latter."""
+    isa, fmt = spec.isa, spec.fmt
+    L, SUB, MR = isa.lanes, ROWS // isa.lanes, spec.tile
+    N, K, M = spec.n, spec.k, spec.m
+    is_int = isinstance(fmt, IntFormat)
+    KP = padded_k(K) if is_int else K
+    G = -(-N // ROWS)
+    MT = -(-M // MR)
+    FULL = N // ROWS
+    prologue = _row_prologue(spec, KP)
+    fvec, ivec = f"float32x{L}", f"int32x{L}"
+    SW, OW, norm_prologue = spec.src_width, spec.out_width, spec.prologue == "norm"
+    has_bias, accumulate = spec.bias, spec.accumulate
+    ACC = MR * ROWS
+    if is_int:
+        PER_WORD = 8 if fmt.bits == 4 else 4
+        KW = KP // PER_WORD
+        WB = 1 if not fmt.block else -(-KP // fmt.block)
+        BW = KP if not fmt.block else fmt.block
+        APW = BW // ACT_BLOCK
+        ABLK = KP // ACT_BLOCK
+        sdt, mdt, wdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32"), "int32"
+        wshape = (G, KW, ROWS)
+    else:
+        PER_WORD, KW, WB, BW, APW, ABLK = 1, K, 1, K, 1, 1
+        sdt, mdt, wdt = "float32", "float32", STORAGE_DTYPES[fmt.dtype]
+        wshape = (G, K, ROWS)
+    sums = act.block_sums_macro(KP) if is_int else None
+
+    def bf(v):
+        return T.broadcast(T.float32(v), L)
+
+    def side(buf, step, zero, g, b, j, storage):
+        if storage == "u8":
+            codes = T.Cast(fvec, T.Cast(ivec, buf[g, b, T.ramp(j * L, 1, L)]))
+            return (codes - zero[g, T.ramp(j * L, 1, L)]) * step[g, T.ramp(j * L, 1, L)]
+        return T.Cast(fvec, buf[g, b, T.ramp(j * L, 1, L)])
+
+    def wvec(word, position):
+        """The weights of one k (position within the packed word) as fp32 x L."""
+        if not is_int:
+            return fp8_to_f32(word, L) if fmt.dtype == "fp8" else T.Cast(fvec, word)
+        if fmt.bits == 4:
+            shift, mask = (position % 4) * 8 + (position // 4) * 4, 0xF
+        else:
+            shift, mask = position * 8, 0xFF
+        return T.Cast(fvec, T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(shift), L)),
+                                          T.broadcast(T.int32(mask), L)))
+
+    @T.prim_func
+    def gemm(src: T.Buffer((M * SW,), "float32"), blob_h: T.handle, src_off: T.int64, y_off: T.int64,
+             o_w: T.int64, o_s: T.int64, o_ss: T.int64, o_sz: T.int64, o_z: T.int64, o_m: T.int64,
+             o_ms: T.int64, o_mz: T.int64, o_b: T.int64, o_n: T.int64, y: T.Buffer((M * OW,), "float32")):
+        T.func_attr(SCHEDULED)
+        nblob = T.int64()
+        blob = T.match_buffer(blob_h, (nblob,), "uint8")
+        W = T.decl_buffer(wshape, wdt, data=blob.data, elem_offset=o_w)
+        S = T.decl_buffer((G, WB, ROWS), sdt, data=blob.data, elem_offset=o_s)
+        Ss = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_ss)
+        Sz = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_sz)
+        Z = T.decl_buffer((G, WB, ROWS), "uint8", data=blob.data, elem_offset=o_z)
+        Mn = T.decl_buffer((G, WB, ROWS), mdt, data=blob.data, elem_offset=o_m)
+        Ms = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_ms)
+        Mz = T.decl_buffer((G, ROWS), "float32", data=blob.data, elem_offset=o_mz)
+        Bias = T.decl_buffer((G * ROWS,), "float32", data=blob.data, elem_offset=o_b)
+        Norm = T.decl_buffer((K,), "float32", data=blob.data, elem_offset=o_n)
+        v = T.alloc_buffer((MT * MR, KP), "float32")
+        xsum = T.alloc_buffer((MT * MR, ABLK), "float32")
+        for m in T.parallel(M):
+            if norm_prologue:
+                prologue(src, src_off + m * SW, Norm, 0, v, m)
+            else:
+                prologue(src, src_off + m * SW, v, m)
+            if is_int:
+                sums(v, xsum, m)
+        for m in range(MT * MR - M):
+            for i in range(KP):
+                v[M + m, i] = T.float32(0)
+            for b in range(ABLK):
+                xsum[M + m, b] = T.float32(0)
+        for g in T.parallel(G):
+            accf = T.alloc_buffer((ACC,), "float32", scope="local")
+            blockf = T.alloc_buffer((ACC,), "float32", scope="local")
+            tot = T.alloc_buffer((1,), "float32", scope="local")
+            for mt in range(MT):
+                for r in T.unroll(MR):
+                    for j in T.unroll(SUB):
+                        accf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
+                for wb in range(WB):
+                    for r in T.unroll(MR):
+                        for j in T.unroll(SUB):
+                            blockf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
+                    for w in range(BW // PER_WORD):
+                        if wb * (BW // PER_WORD) + w < KW:
+                            kw = wb * (BW // PER_WORD) + w
+                            for j in T.unroll(SUB):
+                                word = W[g, kw, T.ramp(j * L, 1, L)]
+                                for p in T.unroll(PER_WORD):
+                                    weight = wvec(word, p)
+                                    for r in T.unroll(MR):
+                                        blockf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                            + weight * T.broadcast(v[mt * MR + r, kw * PER_WORD + p], L)
+                    if is_int:
+                        for j in T.unroll(SUB):
+                            scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
+                            if fmt.offset == "zero":
+                                offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
+                            elif fmt.offset == "min":
+                                offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
+                            else:
+                                offset = -(bf(fmt.bias) * scale)
+                            for r in T.unroll(MR):
+                                tot[0] = T.float32(0)
+                                for ab in range(APW):
+                                    if wb * APW + ab < ABLK:
+                                        tot[0] = tot[0] + xsum[mt * MR + r, wb * APW + ab]
+                                accf[T.ramp(r * ROWS + j * L, 1, L)] = accf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                    + blockf[T.ramp(r * ROWS + j * L, 1, L)] * scale + offset * T.broadcast(tot[0], L)
+                    else:
+                        for r in T.unroll(MR):
+                            for j in T.unroll(SUB):
+                                accf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)]
+                for r in range(MR):
+                    if mt * MR + r < M:
+                        _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
+                                   accumulate)
+
+    return gemm.with_attr("global_symbol", spec.name)
