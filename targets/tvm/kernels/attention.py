@@ -27,6 +27,63 @@ from edgefold.targets.tvm.kernels.gemv import SCHEDULED
 from edgefold.targets.tvm.kernels.isa import Isa
 
 
+def _row_macros(L: int, D: int, S: int, SCALE: float):
+    """The two halves of one query's attention, vectorized over slots and over the head dimension.
+
+    softmax_row: scores[row, j] = softmax_j(scale * q . K[:, j]) for j <= last, 0 for the rest of
+    the last vector; context_row: out[base:base+D] = sum_j scores[row, j] * V[j, :]."""
+    DV = D // L
+
+    @T.macro
+    def softmax_row(q, qrow, Kc, kv, scores, row, last, acc, lanes):
+        chunks = (last + L) // L
+        for jc in range(chunks):
+            for i in T.vectorized(L):
+                lanes[i] = T.float32(0)
+            for d in range(D):
+                for i in T.vectorized(L):
+                    lanes[i] = lanes[i] + q[qrow, d] * Kc[kv, d, jc * L + i]
+            for i in T.vectorized(L):
+                scores[row, jc * L + i] = T.Select(jc * L + i <= last, lanes[i] * T.float32(SCALE),
+                                                   T.float32(-3.0e38))
+        for i in T.vectorized(L):
+            lanes[i] = T.float32(-3.0e38)
+        for jc in range(chunks):
+            for i in T.vectorized(L):
+                lanes[i] = T.max(lanes[i], scores[row, jc * L + i])
+        acc[0] = lanes[0]
+        for i in range(L - 1):
+            acc[0] = T.max(acc[0], lanes[i + 1])
+        for i in T.vectorized(L):
+            lanes[i] = T.float32(0)
+        for jc in range(chunks):
+            for i in T.vectorized(L):
+                scores[row, jc * L + i] = T.Select(jc * L + i <= last, act.exp(scores[row, jc * L + i] - acc[0]),
+                                                   T.float32(0))
+                lanes[i] = lanes[i] + scores[row, jc * L + i]
+        acc[1] = T.float32(0)
+        for i in range(L):
+            acc[1] = acc[1] + lanes[i]
+        for i in T.vectorized(L):
+            lanes[i] = T.float32(1) / acc[1]
+        for jc in range(chunks):
+            for i in T.vectorized(L):
+                scores[row, jc * L + i] = scores[row, jc * L + i] * lanes[0]
+
+    @T.macro
+    def context_row(scores, row, Vc, kv, last, acc, out, base):
+        for i in range(D):
+            acc[i] = T.float32(0)
+        for j in range(last + 1):
+            for c in T.unroll(DV):
+                acc[T.ramp(c * L, 1, L)] = acc[T.ramp(c * L, 1, L)] + T.broadcast(scores[row, j], L) \
+                    * Vc[kv, j, T.ramp(c * L, 1, L)]
+        for c in T.unroll(DV):
+            out[T.ramp(base + c * L, 1, L)] = acc[T.ramp(c * L, 1, L)]
+
+    return softmax_row, context_row
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
     isa: Isa
@@ -65,6 +122,10 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
             out[row, i] = src[base + i] * rope[i] - src[base + HALF + i] * rope[HALF + i]
             out[row, HALF + i] = src[base + HALF + i] * rope[i] + src[base + i] * rope[HALF + i]
 
+    NT = max(1, min(spec.isa.cores, H))
+    HPER = -(-H // NT)
+    softmax_row, context_row = _row_macros(L, D, S, SCALE)
+
     @T.prim_func
     def attention(qkv: T.Buffer((QKV,), "float32"), rope: T.Buffer((D,), "float32"), position: T.Buffer((1,), "int64"),
                   cache: T.Buffer((CACHE,), "float32"), k_off: T.int64, v_off: T.int64,
@@ -86,38 +147,18 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
                     Kc[h, i, pos] = qkv[H * D + h * D + i]
             for i in range(D):
                 Vc[h, pos, i] = qkv[H * D + HKV * D + h * D + i]
-        for h in T.parallel(H):
+        for c in T.parallel(NT):  # a contiguous run of heads per thread
             acc = T.alloc_buffer((D,), "float32", scope="local")
-            best = T.alloc_buffer((1,), "float32", scope="local")
-            total = T.alloc_buffer((1,), "float32", scope="local")
-            if ROPE:
-                rope_into(qkv, h * D, rope, qr, h)
-            else:
-                for i in range(D):
-                    qr[h, i] = qkv[h * D + i]
-            for jc in range((pos + L) // L):
-                for i in T.vectorized(L):
-                    acc[i] = T.float32(0)
-                for d in range(D):
-                    for i in T.vectorized(L):
-                        acc[i] = acc[i] + qr[h, d] * Kc[h // GROUP, d, jc * L + i]
-                for i in T.vectorized(L):
-                    scores[h, jc * L + i] = acc[i] * T.float32(SCALE)
-            best[0] = scores[h, 0]
-            for j in range(pos):
-                best[0] = T.max(best[0], scores[h, j + 1])
-            total[0] = T.float32(0)
-            for j in range(pos + 1):
-                scores[h, j] = act.exp(scores[h, j] - best[0])
-                total[0] = total[0] + scores[h, j]
-            for i in range(D):
-                acc[i] = T.float32(0)
-            for j in range(pos + 1):
-                for c in T.unroll(DV):
-                    acc[T.ramp(c * L, 1, L)] = acc[T.ramp(c * L, 1, L)] + T.broadcast(scores[h, j], L) \
-                        * Vc[h // GROUP, j, T.ramp(c * L, 1, L)]
-            for c in T.unroll(DV):
-                ctx[T.ramp(h * D + c * L, 1, L)] = acc[T.ramp(c * L, 1, L)] / T.broadcast(total[0], L)
+            lanes = T.alloc_buffer((L,), "float32", scope="local")
+            for hh in range(HPER):
+                if c * HPER + hh < H:
+                    if ROPE:
+                        rope_into(qkv, (c * HPER + hh) * D, rope, qr, c * HPER + hh)
+                    else:
+                        for i in range(D):
+                            qr[c * HPER + hh, i] = qkv[(c * HPER + hh) * D + i]
+                    softmax_row(qr, c * HPER + hh, Kc, (c * HPER + hh) // GROUP, scores, c * HPER + hh, pos, acc, lanes)
+                    context_row(scores, c * HPER + hh, Vc, (c * HPER + hh) // GROUP, pos, acc, ctx, (c * HPER + hh) * D)
 
     return attention.with_attr("global_symbol", spec.name)
 
@@ -164,6 +205,21 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
             out[row, i] = src[base + i] * rope[rbase + i] - src[base + HALF + i] * rope[rbase + HALF + i]
             out[row, HALF + i] = src[base + HALF + i] * rope[rbase + i] + src[base + i] * rope[rbase + HALF + i]
 
+    NT = max(1, min(spec.isa.cores, H * CH))
+    TPER = -(-(H * CH) // NT)
+    softmax_row, context_row = _row_macros(L, D, S, SCALE)
+
+    @T.macro
+    def prefill_row(qkv, rope, qr, Kc, Vc, scores, acc, lanes, ctx, task, t, p0):
+        """Token t of the prompt, head task // CH: it sees slots 0 .. p0 + t."""
+        if ROPE:
+            rope_into(qkv, t * QW + (task // CH) * D, rope, t * D, qr, task)
+        else:
+            for i in range(D):
+                qr[task, i] = qkv[t * QW + (task // CH) * D + i]
+        softmax_row(qr, task, Kc, (task // CH) // GROUP, scores, task, p0 + t, acc, lanes)
+        context_row(scores, task, Vc, (task // CH) // GROUP, p0 + t, acc, ctx, t * H * D + (task // CH) * D)
+
     @T.prim_func
     def attention(qkv: T.Buffer((M * QW,), "float32"), rope: T.Buffer((M * D,), "float32"),
                   position: T.Buffer((1,), "int64"), length: T.Buffer((1,), "int64"),
@@ -188,46 +244,19 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
                         Kc[h, i, p0 + t] = qkv[t * QW + H * D + h * D + i]
                 for i in range(D):
                     Vc[h, p0 + t, i] = qkv[t * QW + H * D + HKV * D + h * D + i]
-        for task in T.parallel(H * CH):
+        for c in T.parallel(NT):  # (head, chunk of tokens) tasks, a contiguous run per thread
             acc = T.alloc_buffer((D,), "float32", scope="local")
-            best = T.alloc_buffer((1,), "float32", scope="local")
-            total = T.alloc_buffer((1,), "float32", scope="local")
-            h = task // CH
-            for tt in range(TC):
-                t = T.Cast("int64", (task % CH) * TC + tt)
-                if t < n:
-                    last = p0 + t  # the last slot this token sees (its own)
-                    if ROPE:
-                        rope_into(qkv, t * QW + h * D, rope, t * D, qr, task)
-                    else:
-                        for i in range(D):
-                            qr[task, i] = qkv[t * QW + h * D + i]
-                    for jc in range((last + L) // L):
-                        for i in T.vectorized(L):
-                            acc[i] = T.float32(0)
-                        for d in range(D):
-                            for i in T.vectorized(L):
-                                acc[i] = acc[i] + qr[task, d] * Kc[h // GROUP, d, jc * L + i]
-                        for i in T.vectorized(L):
-                            scores[task, jc * L + i] = acc[i] * T.float32(SCALE)
-                    best[0] = scores[task, 0]
-                    for j in range(last):
-                        best[0] = T.max(best[0], scores[task, j + 1])
-                    total[0] = T.float32(0)
-                    for j in range(last + 1):
-                        scores[task, j] = act.exp(scores[task, j] - best[0])
-                        total[0] = total[0] + scores[task, j]
-                    for i in range(D):
-                        acc[i] = T.float32(0)
-                    for j in range(last + 1):
-                        for c in T.unroll(DV):
-                            acc[T.ramp(c * L, 1, L)] = acc[T.ramp(c * L, 1, L)] + T.broadcast(scores[task, j], L) \
-                                * Vc[h // GROUP, j, T.ramp(c * L, 1, L)]
-                    for c in T.unroll(DV):
-                        ctx[T.ramp(t * H * D + h * D + c * L, 1, L)] = acc[T.ramp(c * L, 1, L)] / T.broadcast(total[0], L)
-                elif t < T.int64(M):
-                    for i in range(D):
-                        ctx[t * H * D + h * D + i] = T.float32(0)
+            lanes = T.alloc_buffer((L,), "float32", scope="local")
+            for tk in range(TPER):
+                if c * TPER + tk < H * CH:
+                    for tt in range(TC):
+                        if T.Cast("int64", ((c * TPER + tk) % CH) * TC + tt) < n:
+                            prefill_row(qkv, rope, qr, Kc, Vc, scores, acc, lanes, ctx, c * TPER + tk,
+                                        T.Cast("int64", ((c * TPER + tk) % CH) * TC + tt), p0)
+                        elif ((c * TPER + tk) % CH) * TC + tt < M:
+                            for i in range(D):
+                                ctx[(((c * TPER + tk) % CH) * TC + tt) * H * D + ((c * TPER + tk) // CH) * D + i] \
+                                    = T.float32(0)
 
     return attention.with_attr("global_symbol", spec.name)
 

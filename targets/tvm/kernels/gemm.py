@@ -82,6 +82,9 @@ def _int_gemm(spec: GemmSpec):
     KW = KP // (8 if fmt.bits == 4 else 4)
     MT = -(-M // MR)  # token tiles
     FULL = N // ROWS
+    NT = max(1, min(isa.cores, G))
+    NTM = max(1, min(isa.cores, M))
+    GPER, MPER = -(-G // NT), -(-M // NTM)
     prologue = _row_prologue(spec, KP)
     quantize = act.quantize_macro(KP, L)
     sdt, mdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32")
@@ -121,87 +124,92 @@ def _int_gemm(spec: GemmSpec):
         xw = T.decl_buffer((MT * MR, KP // 4), "int32", data=xq8.data)
         xs = T.alloc_buffer((MT * MR, ABLK), "float32")
         xsum = T.alloc_buffer((MT * MR, ABLK), "float32")
-        for m in T.parallel(M):
-            if norm_prologue:
-                prologue(src, src_off + m * SW, Norm, 0, v, m)
-            else:
-                prologue(src, src_off + m * SW, v, m)
-            quantize(v, xq8, xs, xsum, m)
+        for c in T.parallel(NTM):  # one chunk of tokens per thread (no allocation per token)
+            for mi in range(MPER):
+                if c * MPER + mi < M:
+                    if norm_prologue:
+                        prologue(src, src_off + (c * MPER + mi) * SW, Norm, 0, v, c * MPER + mi)
+                    else:
+                        prologue(src, src_off + (c * MPER + mi) * SW, v, c * MPER + mi)
+                    quantize(v, xq8, xs, xsum, c * MPER + mi)
         for m in range(MT * MR - M):  # the last tile's missing tokens: zeros (results discarded)
             for i in range(KP):
                 xq8[M + m, i] = T.int8(0)
             for b in range(ABLK):
                 xs[M + m, b] = T.float32(0)
                 xsum[M + m, b] = T.float32(0)
-        for g in T.parallel(G):
+        for c in T.parallel(NT):  # one contiguous chunk of groups per thread
             accf = T.alloc_buffer((ACC,), "float32", scope="local")
             blockf = T.alloc_buffer((ACC,), "float32", scope="local")
             lo = T.alloc_buffer((ACC,), "int32", scope="local")
             hi = T.alloc_buffer((ACC,), "int32", scope="local")
             tot = T.alloc_buffer((1,), "float32", scope="local")
-            for mt in range(MT):
-                for r in T.unroll(MR):
-                    for j in T.unroll(SUB):
-                        accf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
-                for wb in range(WB):
-                    for r in T.unroll(MR):
-                        for j in T.unroll(SUB):
-                            blockf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
-                    for ab in range(APW):
-                        a = wb * APW + ab
-                        if a < ABLK:
-                            for r in T.unroll(MR):
-                                for j in T.unroll(SUB):
-                                    lo[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
-                                    hi[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
-                            for t in T.unroll(WPA):
-                                for j in T.unroll(SUB):
-                                    word = W[g, a * WPA + t, T.ramp(j * L, 1, L)]
-                                    if four_bit:
-                                        low = T.bitwise_and(word, T.broadcast(T.int32(0x0F0F0F0F), L))
-                                        high = T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(4), L)),
-                                                             T.broadcast(T.int32(0x0F0F0F0F), L))
-                                        for r in T.unroll(MR):
-                                            lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                isa, lo[T.ramp(r * ROWS + j * L, 1, L)], low,
-                                                T.broadcast(xw[mt * MR + r, a * 8 + t * 2], L))
-                                            hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                isa, hi[T.ramp(r * ROWS + j * L, 1, L)], high,
-                                                T.broadcast(xw[mt * MR + r, a * 8 + t * 2 + 1], L))
-                                    else:
-                                        for r in T.unroll(MR):
-                                            if t % 2 == 0:
-                                                lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                    isa, lo[T.ramp(r * ROWS + j * L, 1, L)], word,
-                                                    T.broadcast(xw[mt * MR + r, a * 8 + t], L))
-                                            else:
-                                                hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                    isa, hi[T.ramp(r * ROWS + j * L, 1, L)], word,
-                                                    T.broadcast(xw[mt * MR + r, a * 8 + t], L))
-                            for r in T.unroll(MR):
-                                for j in T.unroll(SUB):
-                                    blockf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)] \
-                                        + T.Cast(fvec, lo[T.ramp(r * ROWS + j * L, 1, L)] + hi[T.ramp(r * ROWS + j * L, 1, L)]) \
-                                        * T.broadcast(xs[mt * MR + r, a], L)
-                    for j in T.unroll(SUB):
-                        scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
-                        if fmt.offset == "zero":
-                            offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
-                        elif fmt.offset == "min":
-                            offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
-                        else:
-                            offset = -(bf(fmt.bias) * scale)
+            for gi in range(GPER):
+                if c * GPER + gi < G:
+                    g = c * GPER + gi
+                    for mt in range(MT):
                         for r in T.unroll(MR):
-                            tot[0] = T.float32(0)
+                            for j in T.unroll(SUB):
+                                accf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
+                        for wb in range(WB):
+                            for r in T.unroll(MR):
+                                for j in T.unroll(SUB):
+                                    blockf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
                             for ab in range(APW):
-                                if wb * APW + ab < ABLK:
-                                    tot[0] = tot[0] + xsum[mt * MR + r, wb * APW + ab]
-                            accf[T.ramp(r * ROWS + j * L, 1, L)] = accf[T.ramp(r * ROWS + j * L, 1, L)] \
-                                + blockf[T.ramp(r * ROWS + j * L, 1, L)] * scale + offset * T.broadcast(tot[0], L)
-                for r in range(MR):
-                    if mt * MR + r < M:
-                        _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
-                                   accumulate)
+                                a = wb * APW + ab
+                                if a < ABLK:
+                                    for r in T.unroll(MR):
+                                        for j in T.unroll(SUB):
+                                            lo[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
+                                            hi[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
+                                    for t in T.unroll(WPA):
+                                        for j in T.unroll(SUB):
+                                            word = W[g, a * WPA + t, T.ramp(j * L, 1, L)]
+                                            if four_bit:
+                                                low = T.bitwise_and(word, T.broadcast(T.int32(0x0F0F0F0F), L))
+                                                high = T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(4), L)),
+                                                                     T.broadcast(T.int32(0x0F0F0F0F), L))
+                                                for r in T.unroll(MR):
+                                                    lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                        isa, lo[T.ramp(r * ROWS + j * L, 1, L)], low,
+                                                        T.broadcast(xw[mt * MR + r, a * 8 + t * 2], L))
+                                                    hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                        isa, hi[T.ramp(r * ROWS + j * L, 1, L)], high,
+                                                        T.broadcast(xw[mt * MR + r, a * 8 + t * 2 + 1], L))
+                                            else:
+                                                for r in T.unroll(MR):
+                                                    if t % 2 == 0:
+                                                        lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                            isa, lo[T.ramp(r * ROWS + j * L, 1, L)], word,
+                                                            T.broadcast(xw[mt * MR + r, a * 8 + t], L))
+                                                    else:
+                                                        hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                            isa, hi[T.ramp(r * ROWS + j * L, 1, L)], word,
+                                                            T.broadcast(xw[mt * MR + r, a * 8 + t], L))
+                                    for r in T.unroll(MR):
+                                        for j in T.unroll(SUB):
+                                            blockf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                                + T.Cast(fvec, lo[T.ramp(r * ROWS + j * L, 1, L)] + hi[T.ramp(r * ROWS + j * L, 1, L)]) \
+                                                * T.broadcast(xs[mt * MR + r, a], L)
+                            for j in T.unroll(SUB):
+                                scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
+                                if fmt.offset == "zero":
+                                    offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
+                                elif fmt.offset == "min":
+                                    offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
+                                else:
+                                    offset = -(bf(fmt.bias) * scale)
+                                for r in T.unroll(MR):
+                                    tot[0] = T.float32(0)
+                                    for ab in range(APW):
+                                        if wb * APW + ab < ABLK:
+                                            tot[0] = tot[0] + xsum[mt * MR + r, wb * APW + ab]
+                                    accf[T.ramp(r * ROWS + j * L, 1, L)] = accf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                        + blockf[T.ramp(r * ROWS + j * L, 1, L)] * scale + offset * T.broadcast(tot[0], L)
+                        for r in range(MR):
+                            if mt * MR + r < M:
+                                _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
+                                           accumulate)
 
     return gemm.with_attr("global_symbol", spec.name)
 
@@ -241,6 +249,9 @@ def _float_act_gemm(spec: GemmSpec):
     G = -(-N // ROWS)
     MT = -(-M // MR)
     FULL = N // ROWS
+    NT = max(1, min(isa.cores, G))
+    NTM = max(1, min(isa.cores, M))
+    GPER, MPER = -(-G // NT), -(-M // NTM)
     prologue = _row_prologue(spec, KP)
     fvec, ivec = f"float32x{L}", f"int32x{L}"
     SW, OW, norm_prologue = spec.src_width, spec.out_width, spec.prologue == "norm"
@@ -300,63 +311,68 @@ def _float_act_gemm(spec: GemmSpec):
         Norm = T.decl_buffer((K,), "float32", data=blob.data, elem_offset=o_n)
         v = T.alloc_buffer((MT * MR, KP), "float32")
         xsum = T.alloc_buffer((MT * MR, ABLK), "float32")
-        for m in T.parallel(M):
-            if norm_prologue:
-                prologue(src, src_off + m * SW, Norm, 0, v, m)
-            else:
-                prologue(src, src_off + m * SW, v, m)
-            if is_int:
-                sums(v, xsum, m)
+        for c in T.parallel(NTM):
+            for mi in range(MPER):
+                if c * MPER + mi < M:
+                    if norm_prologue:
+                        prologue(src, src_off + (c * MPER + mi) * SW, Norm, 0, v, c * MPER + mi)
+                    else:
+                        prologue(src, src_off + (c * MPER + mi) * SW, v, c * MPER + mi)
+                    if is_int:
+                        sums(v, xsum, c * MPER + mi)
         for m in range(MT * MR - M):
             for i in range(KP):
                 v[M + m, i] = T.float32(0)
             for b in range(ABLK):
                 xsum[M + m, b] = T.float32(0)
-        for g in T.parallel(G):
+        for c in T.parallel(NT):  # one contiguous chunk of groups per thread
             accf = T.alloc_buffer((ACC,), "float32", scope="local")
             blockf = T.alloc_buffer((ACC,), "float32", scope="local")
             tot = T.alloc_buffer((1,), "float32", scope="local")
-            for mt in range(MT):
-                for r in T.unroll(MR):
-                    for j in T.unroll(SUB):
-                        accf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
-                for wb in range(WB):
-                    for r in T.unroll(MR):
-                        for j in T.unroll(SUB):
-                            blockf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
-                    for w in range(BW // PER_WORD):
-                        if wb * (BW // PER_WORD) + w < KW:
-                            kw = wb * (BW // PER_WORD) + w
-                            for j in T.unroll(SUB):
-                                word = W[g, kw, T.ramp(j * L, 1, L)]
-                                for p in T.unroll(PER_WORD):
-                                    weight = wvec(word, p)
-                                    for r in T.unroll(MR):
-                                        blockf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)] \
-                                            + weight * T.broadcast(v[mt * MR + r, kw * PER_WORD + p], L)
-                    if is_int:
-                        for j in T.unroll(SUB):
-                            scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
-                            if fmt.offset == "zero":
-                                offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
-                            elif fmt.offset == "min":
-                                offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
-                            else:
-                                offset = -(bf(fmt.bias) * scale)
-                            for r in T.unroll(MR):
-                                tot[0] = T.float32(0)
-                                for ab in range(APW):
-                                    if wb * APW + ab < ABLK:
-                                        tot[0] = tot[0] + xsum[mt * MR + r, wb * APW + ab]
-                                accf[T.ramp(r * ROWS + j * L, 1, L)] = accf[T.ramp(r * ROWS + j * L, 1, L)] \
-                                    + blockf[T.ramp(r * ROWS + j * L, 1, L)] * scale + offset * T.broadcast(tot[0], L)
-                    else:
+            for gi in range(GPER):
+                if c * GPER + gi < G:
+                    g = c * GPER + gi
+                    for mt in range(MT):
                         for r in T.unroll(MR):
                             for j in T.unroll(SUB):
-                                accf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)]
-                for r in range(MR):
-                    if mt * MR + r < M:
-                        _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
-                                   accumulate)
+                                accf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
+                        for wb in range(WB):
+                            for r in T.unroll(MR):
+                                for j in T.unroll(SUB):
+                                    blockf[T.ramp(r * ROWS + j * L, 1, L)] = bf(0)
+                            for w in range(BW // PER_WORD):
+                                if wb * (BW // PER_WORD) + w < KW:
+                                    kw = wb * (BW // PER_WORD) + w
+                                    for j in T.unroll(SUB):
+                                        word = W[g, kw, T.ramp(j * L, 1, L)]
+                                        for p in T.unroll(PER_WORD):
+                                            weight = wvec(word, p)
+                                            for r in T.unroll(MR):
+                                                blockf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                                    + weight * T.broadcast(v[mt * MR + r, kw * PER_WORD + p], L)
+                            if is_int:
+                                for j in T.unroll(SUB):
+                                    scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
+                                    if fmt.offset == "zero":
+                                        offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
+                                    elif fmt.offset == "min":
+                                        offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
+                                    else:
+                                        offset = -(bf(fmt.bias) * scale)
+                                    for r in T.unroll(MR):
+                                        tot[0] = T.float32(0)
+                                        for ab in range(APW):
+                                            if wb * APW + ab < ABLK:
+                                                tot[0] = tot[0] + xsum[mt * MR + r, wb * APW + ab]
+                                        accf[T.ramp(r * ROWS + j * L, 1, L)] = accf[T.ramp(r * ROWS + j * L, 1, L)] \
+                                            + blockf[T.ramp(r * ROWS + j * L, 1, L)] * scale + offset * T.broadcast(tot[0], L)
+                            else:
+                                for r in T.unroll(MR):
+                                    for j in T.unroll(SUB):
+                                        accf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)]
+                        for r in range(MR):
+                            if mt * MR + r < M:
+                                _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
+                                           accumulate)
 
     return gemm.with_attr("global_symbol", spec.name)
