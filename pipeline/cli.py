@@ -313,6 +313,8 @@ def _print_profile(result: dict, args, profile_name: str | None) -> int:
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
+    if "bandwidth_gbps" in result:
+        return _print_llm_profile(result, args)
     for shape, values in result["shapes"].items():
         line = f"{shape}: median {values['median_ms']:.3f} ms ({values['kind']}"
         line += f" for {profile_name})" if values["kind"] == "estimated" else f", p90 {values['p90_ms']:.3f}, min {values['min_ms']:.3f})"
@@ -325,6 +327,34 @@ def _print_profile(result: dict, args, profile_name: str | None) -> int:
             print(f"    ({values['note']})")
         for kernel in values["kernels"][:args.top]:
             print(f"    {kernel['ms']:9.3f} ms {100 * kernel['share']:5.1f}%  {kernel['name']}")
+    return 0
+
+
+def _print_llm_profile(result: dict, args) -> int:
+    """Decode step and prefill of an LLM artifact, with each kernel's bandwidth efficiency."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(f"memory read bandwidth {result['bandwidth_gbps']:.1f} GB/s ({result['bandwidth_source']})")
+    for shape, values in result["shapes"].items():
+        line = (f"{shape}: median {values['median_ms']:.3f} ms (p90 {values['p90_ms']:.3f}, min {values['min_ms']:.3f}), "
+                f"{values['tokens_per_s']:.1f} tokens/s")
+        if "roofline_ms" in values:
+            line += (f"; reads {values['weight_bytes'] / 1e6:.1f} MB of weights per token: roofline "
+                     f"{values['roofline_ms']:.3f} ms, {values['vs_roofline']:.2f}x of it (context {values['context']})")
+        console.print(line)
+        if not values.get("kernels"):
+            continue
+        table = Table(title=f"{shape}: kernels per step ({result['note']})")
+        for column in ("kernel", "calls", "ms", "share", "MB read", "GB/s", "of bandwidth"):
+            table.add_column(column, justify="left" if column == "kernel" else "right")
+        for kernel in values["kernels"][:args.top]:
+            table.add_row(kernel["name"], str(kernel["calls"]), f"{kernel['ms']:.3f}", f"{100 * kernel['share']:.1f}%",
+                          f"{kernel['bytes'] / 1e6:.1f}" if "bytes" in kernel else "",
+                          f"{kernel['gbps']:.1f}" if "gbps" in kernel else "",
+                          f"{100 * kernel['bandwidth_share']:.0f}%" if "bandwidth_share" in kernel else "")
+        console.print(table)
     return 0
 
 
@@ -396,7 +426,9 @@ def cmd_run(args) -> int:
         if "argmax_agreement" in row:
             line += f", argmax agreement {100 * row['argmax_agreement']:.1f}% over {row['inputs_checked']} input(s)"
         if "tvm_ms" in row:
-            line += f"; TVM {row['tvm_ms']:.2f} ms vs onnxruntime {row['onnxruntime_ms']:.2f} ms"
+            line += f"; TVM {row['tvm_ms']:.2f} ms"
+            if "onnxruntime_ms" in row:
+                line += f" vs onnxruntime {row['onnxruntime_ms']:.2f} ms"
         print(line)
     return 0
 

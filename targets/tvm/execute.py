@@ -170,6 +170,8 @@ def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, 
 
     model_path = folder / "model.onnx"
     meta = compiled["model"]
+    if any(entry.get("kind") == "llm" for entry in compiled["buckets"]):
+        return _run_llm_artifact(folder, compiled, repeats=repeats, count=count)
     results = {}
     with tempfile.TemporaryDirectory(prefix="edgefold-run-") as scratch:
         references = References(model_path, Path(scratch))
@@ -206,3 +208,47 @@ def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, 
 def _only(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     wanted = {i.name for i in session.get_inputs()}
     return {k: v for k, v in feeds.items() if k in wanted}
+
+
+def _run_llm_artifact(folder: Path, compiled: dict, *, repeats: int, count: int | None) -> dict:
+    """LLM libraries: decode (and prefill) checked on real text; timed on x86, under qemu on aarch64."""
+    import statistics
+
+    from edgefold.targets.tvm.llm import check
+    from edgefold.targets.tvm.references import References
+
+    meta = compiled["model"]
+    entries = [e for e in compiled["buckets"] if e.get("kind") == "llm"]
+    kind = compiled["library_kind"]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="edgefold-run-") as scratch:
+        references = References(folder / "model.onnx", Path(scratch))
+        if kind == "x86_64":
+            from edgefold.targets.tvm.llm.compile import _onnxruntime_decode_ms
+            from edgefold.targets.tvm.llm.session import LlmSession
+
+            session = LlmSession(folder, entries)
+        else:
+            runner = folder / compiled["runner_binary"] if compiled.get("runner_binary") else None
+            if runner is None or not runner.exists():
+                raise EdgefoldError(f"{folder} has no aarch64 runner binary (the aarch64 runtime was not "
+                                    "available at compile time: run tools/fetch_aarch64_runtime.py and compile again)")
+        for entry in entries:
+            row = {"label": entry["label"], "inputs": f"{entry['tokens']} token(s), KV cache of {entry['kv_cache']}"}
+            steps = count or entry["check_count"]
+            if entry["function"] == "decode":
+                run = check.host_decode(session) if kind == "x86_64" else check.qemu_decode(folder, entry, runner)
+                row.update(check.check_decode(run, references, meta, entry["kv_cache"], steps))
+                if kind == "x86_64":
+                    context = min(128, entry["kv_cache"] - repeats - 1)
+                    row["tvm_ms"] = round(statistics.median(session.decode_latency_ms(context, steps=max(repeats, 8))), 3)
+                    row["onnxruntime_ms"] = round(_onnxruntime_decode_ms(references, entry["kv_cache"], context), 3)
+            elif kind == "x86_64":
+                row.update(check.check_prefill(check.host_prefill(session), references, meta, entry["tokens"]))
+                row["tvm_ms"] = round(statistics.median(session.prefill_latency_ms(entry["tokens"])), 3)
+            else:
+                continue  # prefill under qemu: the decode check covers the same kernels' arithmetic
+            row["where"] = "host (Relax VM)" if kind == "x86_64" else f"{QEMU} (correctness only)"
+            row["inputs_checked"] = steps
+            results[entry["label"]] = row
+    return results

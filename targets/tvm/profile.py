@@ -75,6 +75,14 @@ def profile_artifact(folder: Path, target: str = "host", *, repeats: int = 10, t
     if target != "host" and not target.startswith("rpc://"):
         raise EdgefoldError(f"unknown target {target!r} for a compiled artifact "
                         "(available: host, rpc://TRACKER_HOST:PORT/KEY, estimate)")
+    if any(entry.get("kind") == "llm" for entry in compiled["buckets"]):
+        if target != "host" or compiled["library_kind"] != "x86_64":
+            raise EdgefoldError(f"this LLM artifact ({compiled['library_kind']}) is profiled on this machine only "
+                                "(--target host); on a device, run its runner with --llm (runner/runner.cc)")
+        from edgefold.targets.tvm.llm.profile import profile_llm
+
+        with progress.step(f"profile the LLM libraries on host ({repeats} decode steps)"):
+            return profile_llm(folder, compiled, repeats=max(repeats, 8), top=top)
     with tempfile.TemporaryDirectory(prefix="edgefold-profile-") as scratch:  # a KV-cache decode graph goes here
         references = References(folder / "model.onnx", Path(scratch))
         if target == "host":

@@ -55,24 +55,30 @@ def sigmoid(x):
 
 def quantize_macro(kp: int, lanes: int):
     """Row `row` of v [rows, kp] fp32 (zero padded) -> xq8 [rows, kp] int8, xs [rows, kp/32] (step),
-    xsum [rows, kp/32] (the exact sum of v per block)."""
+    xsum [rows, kp/32]: the sum of the *rounded* values per block (xs * sum of codes).
+
+    The kernels compute sum_k (S q + O) x as S * sum(q x) + O * sum(x); with both sums over the
+    same rounded x the rounding error is weighted by the weights themselves, as in a plain
+    product with rounded activations. The exact sum(x) would weight it by S q = w - O instead,
+    which for offset formats is several times larger (measured: logits cosine 0.985 -> 0.997)."""
     blocks = kp // ACT_BLOCK
 
     @T.macro
     def quantize(v, xq8, xs, xsum, row):
         amax = T.alloc_buffer((1,), "float32", scope="local")
-        total = T.alloc_buffer((1,), "float32", scope="local")
+        total = T.alloc_buffer((1,), "int32", scope="local")
         for b in range(blocks):
             amax[0] = T.float32(0)
-            total[0] = T.float32(0)
             for i in range(ACT_BLOCK):
                 amax[0] = T.max(amax[0], T.abs(v[row, b * ACT_BLOCK + i]))
-                total[0] = total[0] + v[row, b * ACT_BLOCK + i]
             inv = T.Select(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
             for i in T.vectorized(ACT_BLOCK):
                 xq8[row, b * ACT_BLOCK + i] = T.Cast("int8", T.nearbyint(v[row, b * ACT_BLOCK + i] * inv))
+            total[0] = 0
+            for i in range(ACT_BLOCK):
+                total[0] = total[0] + T.Cast("int32", xq8[row, b * ACT_BLOCK + i])
             xs[row, b] = amax[0] / T.float32(127)
-            xsum[row, b] = total[0]
+            xsum[row, b] = T.Cast("float32", total[0]) * (amax[0] / T.float32(127))
 
     return quantize
 

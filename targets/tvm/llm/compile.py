@@ -113,11 +113,11 @@ def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache,
             "inputs": inputs, "input_order": list(inputs), "library": f"lib/{label}.so",
             "extra": [f"lib/{p.name}" for p in library.extra], "weights": "weights.bin", "weights_sha256": digest,
             "weight_tensors": 1, "kv_cache": kv_cache, "cache_len": plan.cache_len, "isa": isa.name,
-            "kernels": len(kernels), "kernel_names": kernels, "tuned_kernels": 0,
+            "kernels": len(kernels), "kernel_weight_bytes": kernels, "tuned_kernels": 0,
             "lowbit_weights": dict(sorted(plan.formats.items())),
             "weight_bytes_per_token": plan.weight_bytes_per_token(),
             "spec_check": {k: float(f"{v:.4g}") for k, v in checked.items()},
-            "check_count": CHECK_STEPS if tokens == 1 else 1,
+            "check_count": CHECK_STEPS if tokens == 1 else 4,
             "notes": library.notes + [f"{spec.name}: {len(spec.layers)} layers, {isa.describe()}"],
             "build_seconds": seconds,
         })
@@ -125,35 +125,17 @@ def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache,
 
 
 def _check(result: LlmResult, staging: Path, meta: dict, references, kv_cache: int) -> None:
-    """Decode: real Wikipedia steps against onnxruntime's KV-cache graph. Prefill: the last
-    token's logits of a full bucket against onnxruntime on model.onnx."""
-    from edgefold.evaluate.perplexity import wikipedia_tokens
-    from edgefold.targets.tvm.execute import compare, merge
+    """Decode on real text against onnxruntime's KV-cache graph; prefill at several prompt lengths."""
+    from edgefold.targets.tvm.llm.check import check_decode, check_prefill, host_decode, host_prefill
     from edgefold.targets.tvm.llm.session import LlmSession
-    from edgefold.targets.tvm.references import WARM_TOKENS
 
     session = LlmSession(staging, result.entries)
     for entry in result.entries:
         with progress.step(f"check {entry['label']} against onnxruntime"):
             if entry["function"] == "decode":
-                pairs = references.check_sets({"label": "decode", "kv_cache": kv_cache}, meta, entry["check_count"])
-                steps = WARM_TOKENS + len(pairs)
-                ids = wikipedia_tokens(meta.get("tokenizer") or meta["name"], steps)
-                session.reset()
-                parts = []
-                for position in range(steps):
-                    logits = session.decode(int(ids[position]))
-                    if position >= steps - len(pairs):
-                        reference = pairs[position - (steps - len(pairs))][1]
-                        parts.append(compare([logits], reference[:1]))
-                fidelity = merge(parts)
+                fidelity = check_decode(host_decode(session), references, meta, kv_cache, entry["check_count"])
             else:
-                tokens = entry["tokens"]
-                ids = [int(t) for t in wikipedia_tokens(meta.get("tokenizer") or meta["name"], tokens)]
-                full = references.session(0)
-                want = full.run(None, {"input_ids": np.array([ids], np.int64)})[0][0, -1]
-                session.reset()
-                fidelity = compare([session.prefill(ids)], [want])
+                fidelity = check_prefill(host_prefill(session), references, meta, entry["tokens"])
         entry["fidelity"] = {k: float(f"{v:.4g}") for k, v in fidelity.items()}
         progress.info(f"    {entry['label']}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry["fidelity"].items()))
 

@@ -145,19 +145,21 @@ def plan_decoder(spec: DecoderSpec, isa: Isa, slots: int) -> DecoderPlan:
 
 
 class _Module:
-    """Collects kernels (deduplicated by name) and emits the Relax calls."""
+    """Collects kernels (deduplicated by name), what each call reads, and emits the Relax calls."""
 
     def __init__(self, bb, blob_var):
         self.bb = bb
         self.blob = blob_var
         self.kernels: dict[str, object] = {}
         self.gvars: dict[str, object] = {}
+        self.weight_bytes: dict[str, int] = {}  # packed weight bytes one call of the kernel streams
 
-    def kernel(self, name: str, build):
+    def kernel(self, name: str, build, weight_bytes: int = 0):
         if name not in self.gvars:
             func = build()
             self.kernels[name] = func
             self.gvars[name] = self.bb.add_func(func, name)
+        self.weight_bytes[name] = max(self.weight_bytes.get(name, 0), weight_bytes)
         return self.gvars[name]
 
 
@@ -197,11 +199,11 @@ def build_module(plan: DecoderPlan, tokens: int = 1):
         bias = "bias" in segment.offsets
         if rows == 1:
             kspec = GemvSpec(isa, packed.fmt, packed.n, packed.k, prologue, src_width, out_width, accumulate, bias, eps)
-            gvar = module.kernel(kspec.name, lambda: build_gemv(kspec))
+            gvar = module.kernel(kspec.name, lambda: build_gemv(kspec), packed.nbytes())
         else:
             kspec = GemmSpec(isa, packed.fmt, packed.n, packed.k, rows, prologue, src_width, out_width, accumulate,
                              bias, eps)
-            gvar = module.kernel(kspec.name, lambda: build_gemm(kspec))
+            gvar = module.kernel(kspec.name, lambda: build_gemm(kspec), packed.nbytes())
         slots = {**segment.offsets, "src_off": 0, "y_off": segment.start, "norm": norm}
         args = [src, weights] + [i64(slots.get(name, 0)) for name in OFFSET_SLOTS]
         out_type = relax.TensorType((rows * out_width,), "float32")
@@ -254,7 +256,7 @@ def build_module(plan: DecoderPlan, tokens: int = 1):
         logits = linear(plan.lm_head, "norm", x, hidden, None, vocab, accumulate=False, norm=plan.final_norm,
                         eps=spec.final_norm.eps, rows=1)
         bb.emit_func_output(logits)
-    return bb.get(), sorted(module.kernels)
+    return bb.get(), dict(sorted(module.weight_bytes.items()))
 
 
 def build_decode_module(plan: DecoderPlan):

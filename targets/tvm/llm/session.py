@@ -47,8 +47,9 @@ class LlmSession:
         [(_, blob)] = read_weights(Path(folder) / self.entry["weights"])
         self.weights = tvm.runtime.tensor(np.ascontiguousarray(blob))
         self.cache = tvm.runtime.tensor(np.zeros(int(self.entry["cache_len"]), np.float32))
-        self.decode_fn = relax.VirtualMachine(tvm.runtime.load_module(str(Path(folder) / self.entry["library"])),
-                                              tvm.cpu())["decode"]
+        self.decode_vm = relax.VirtualMachine(tvm.runtime.load_module(str(Path(folder) / self.entry["library"])),
+                                              tvm.cpu())
+        self.decode_fn = self.decode_vm["decode"]
         self.prefill_fns: dict[int, object] = {}
         for entry in entries:
             if entry.get("function") == "prefill":
