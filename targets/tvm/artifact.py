@@ -459,7 +459,7 @@ def _manifest(meta, source_manifest, device, target, kind, entries, runner, stag
 def _print_summary(out_dir: Path, manifest: dict, report: dict) -> None:
     compiled = manifest["compile"]
     for entry in compiled["buckets"]:
-        timing = report["buckets"][entry["label"]]
+        timing = report["buckets"].get(entry["label"], {})
         fidelity = entry.get("fidelity")
         parts = [f"{entry['label']}: {entry['tuned_kernels']}/{entry['kernels']} kernels tuned"]
         if fidelity:

@@ -95,10 +95,12 @@ class AttentionSpec:
     cache_len: int  # length of the whole flat cache
     scale: float
     rope: bool = True
+    ctx_len: int = 0  # length of the context buffer (0: heads * head_dim)
 
     @property
     def name(self) -> str:
-        return (f"attention_h{self.heads}_kv{self.kv_heads}_d{self.head_dim}_l{self.slots}"
+        return (f"attention_h{self.heads}_kv{self.kv_heads}_d{self.head_dim}_l{self.slots}_q{self.qkv_len}"
+                f"_c{self.ctx_len or self.heads * self.head_dim}"
                 f"{'' if self.rope else '_norope'}_{self.isa.name}").replace("-", "_")
 
 
@@ -108,6 +110,7 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
     GROUP, HALF = H // HKV, D // 2
     DV = D // L  # vectors per head dimension row (D is a multiple of the lanes)
     QKV, CACHE, SCALE, ROPE = spec.qkv_len, spec.cache_len, spec.scale, spec.rope
+    CTX = spec.ctx_len or H * D
     fvec = f"float32x{L}"
     if S % L or D % L:
         raise ValueError(f"slots {S} and head_dim {D} must be multiples of {L}")
@@ -129,7 +132,7 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
     @T.prim_func
     def attention(qkv: T.Buffer((QKV,), "float32"), rope: T.Buffer((D,), "float32"), position: T.Buffer((1,), "int64"),
                   cache: T.Buffer((CACHE,), "float32"), k_off: T.int64, v_off: T.int64,
-                  ctx: T.Buffer((H * D,), "float32")):
+                  ctx: T.Buffer((CTX,), "float32")):
         T.func_attr(SCHEDULED)
         Kc = T.decl_buffer((HKV, D, S), "float32", data=cache.data, elem_offset=k_off)
         Vc = T.decl_buffer((HKV, S, D), "float32", data=cache.data, elem_offset=v_off)
@@ -175,15 +178,15 @@ class PrefillAttentionSpec:
     cache_len: int
     scale: float
     rope: bool = True
+    qkv_width: int = 0  # row width of the qkv buffer (0: this layer's q, k, v)
+    context_width: int = 0  # row width of the context buffer (0: heads * head_dim)
     chunk: int = 16  # tokens per parallel task
 
     @property
-    def qkv_width(self) -> int:
-        return (self.heads + 2 * self.kv_heads) * self.head_dim
-
-    @property
     def name(self) -> str:
+        qkv = self.qkv_width or (self.heads + 2 * self.kv_heads) * self.head_dim
         return (f"attention_prefill_t{self.tokens}_h{self.heads}_kv{self.kv_heads}_d{self.head_dim}_l{self.slots}"
+                f"_q{qkv}_c{self.context_width or self.heads * self.head_dim}"
                 f"{'' if self.rope else '_norope'}_{self.isa.name}").replace("-", "_")
 
 
@@ -195,7 +198,9 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
     GROUP, HALF, TC = H // HKV, D // 2, spec.chunk
     CH = -(-M // TC)
     DV = D // L
-    QW, CACHE, SCALE, ROPE = spec.qkv_width, spec.cache_len, spec.scale, spec.rope
+    QW = spec.qkv_width or (H + 2 * HKV) * D
+    CW = spec.context_width or H * D
+    CACHE, SCALE, ROPE = spec.cache_len, spec.scale, spec.rope
     if S % L or D % L:
         raise ValueError(f"slots {S} and head_dim {D} must be multiples of {L}")
 
@@ -218,13 +223,13 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
             for i in range(D):
                 qr[task, i] = qkv[t * QW + (task // CH) * D + i]
         softmax_row(qr, task, Kc, (task // CH) // GROUP, scores, task, p0 + t, acc, lanes)
-        context_row(scores, task, Vc, (task // CH) // GROUP, p0 + t, acc, ctx, t * H * D + (task // CH) * D)
+        context_row(scores, task, Vc, (task // CH) // GROUP, p0 + t, acc, ctx, t * CW + (task // CH) * D)
 
     @T.prim_func
     def attention(qkv: T.Buffer((M * QW,), "float32"), rope: T.Buffer((M * D,), "float32"),
                   position: T.Buffer((1,), "int64"), length: T.Buffer((1,), "int64"),
                   cache: T.Buffer((CACHE,), "float32"), k_off: T.int64, v_off: T.int64,
-                  ctx: T.Buffer((M * H * D,), "float32")):
+                  ctx: T.Buffer((M * CW,), "float32")):
         T.func_attr(SCHEDULED)
         Kc = T.decl_buffer((HKV, D, S), "float32", data=cache.data, elem_offset=k_off)
         Vc = T.decl_buffer((HKV, S, D), "float32", data=cache.data, elem_offset=v_off)
@@ -255,7 +260,7 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
                                         T.Cast("int64", ((c * TPER + tk) % CH) * TC + tt), p0)
                         elif ((c * TPER + tk) % CH) * TC + tt < M:
                             for i in range(D):
-                                ctx[(((c * TPER + tk) % CH) * TC + tt) * H * D + ((c * TPER + tk) // CH) * D + i] \
+                                ctx[(((c * TPER + tk) % CH) * TC + tt) * CW + ((c * TPER + tk) // CH) * D + i] \
                                     = T.float32(0)
 
     return attention.with_attr("global_symbol", spec.name)

@@ -211,11 +211,14 @@ def build_module(plan: DecoderPlan, tokens: int = 1):
             return bb.emit(relax.call_tir(gvar, args, out_type))
         return bb.emit(relax.call_tir_inplace(gvar, args + [out], [len(args)], out_type))
 
-    def parts(segments: list[Segment], prologue: str, src, src_width: int, out_width: int, *, norm=0, eps=1e-5):
-        out = None
+    def parts(segments: list[Segment], prologue: str, src, src_width: int, out, out_width: int, *, norm=0, eps=1e-5):
         for segment in segments:
             out = linear(segment, prologue, src, src_width, out, out_width, accumulate=False, norm=norm, eps=eps)
         return out
+
+    def scratch(width: int):
+        """A buffer every layer reuses (written in place): no tensor is allocated per layer."""
+        return bb.emit(relax.op.builtin.alloc_tensor(relax.ShapeExpr([m * width]), "float32", 0))
 
     params = [ids, position, length, cache, weights] if prefill else [ids, position, cache, weights]
     with bb.function("prefill" if prefill else "decode", params):
@@ -227,29 +230,32 @@ def build_module(plan: DecoderPlan, tokens: int = 1):
                                          relax.TensorType((m * spec.head_dim,), "float32")]))
         x = bb.emit(relax.TupleGetItem(result, 0))
         rope = bb.emit(relax.TupleGetItem(result, 1))
+        # One scratch buffer per kind, as wide as the widest layer needs (fold/slice vary widths).
+        qkv_width = max((l.heads + 2 * l.kv_heads) * l.head_dim for l in plan.layers)
+        context_width = max(l.heads * l.head_dim for l in plan.layers)
+        gu_width = max(2 * l.intermediate for l in plan.layers)
+        qkv, ctx, gu = scratch(qkv_width), scratch(context_width), scratch(gu_width)
         for layer in plan.layers:
-            qkv_width = (layer.heads + 2 * layer.kv_heads) * layer.head_dim
-            context_width = layer.heads * layer.head_dim
-            qkv = parts(layer.qkv, "norm", x, hidden, qkv_width, norm=layer.attn_norm, eps=layer.eps[0])
+            qkv = parts(layer.qkv, "norm", x, hidden, qkv, qkv_width, norm=layer.attn_norm, eps=layer.eps[0])
             if prefill:
                 aspec = PrefillAttentionSpec(isa, layer.heads, layer.kv_heads, layer.head_dim, plan.slots, m,
-                                             plan.cache_len, layer.scale, layer.rope)
+                                             plan.cache_len, layer.scale, layer.rope, qkv_width=qkv_width,
+                                             context_width=context_width)
                 attention = module.kernel(aspec.name, lambda: build_attention_prefill(aspec))
                 args, index = [qkv, rope, position, length, cache, i64(layer.k_cache), i64(layer.v_cache)], 4
             else:
                 aspec = AttentionSpec(isa, layer.heads, layer.kv_heads, layer.head_dim, plan.slots, qkv_width,
-                                      plan.cache_len, layer.scale, layer.rope)
+                                      plan.cache_len, layer.scale, layer.rope, context_width)
                 attention = module.kernel(aspec.name, lambda: build_attention_decode(aspec))
                 args, index = [qkv, rope, position, cache, i64(layer.k_cache), i64(layer.v_cache)], 3
             result = bb.emit(relax.call_tir_inplace(
-                attention, args, [index, -1], [relax.TensorType((plan.cache_len,), "float32"),
-                                               relax.TensorType((m * context_width,), "float32")]))
+                attention, args + [ctx], [index, len(args)], [relax.TensorType((plan.cache_len,), "float32"),
+                                                              relax.TensorType((m * context_width,), "float32")]))
             cache = bb.emit(relax.TupleGetItem(result, 0))
             ctx = bb.emit(relax.TupleGetItem(result, 1))
             x = linear(layer.o, "plain", ctx, context_width, x, hidden, accumulate=True)
-            gu = parts(layer.gate_up, "norm", x, hidden, 2 * layer.intermediate, norm=layer.mlp_norm,
-                       eps=layer.eps[1])
-            x = linear(layer.down, "swiglu", gu, 2 * layer.intermediate, x, hidden, accumulate=True)
+            gu = parts(layer.gate_up, "norm", x, hidden, gu, gu_width, norm=layer.mlp_norm, eps=layer.eps[1])
+            x = linear(layer.down, "swiglu", gu, gu_width, x, hidden, accumulate=True)
         if prefill:  # only the last prompt token's logits are wanted
             select = module.kernel(f"select_row_{m}x{hidden}", lambda: build_select_row(m, hidden))
             x = bb.emit(relax.call_tir(select, [x, length], relax.TensorType((hidden,), "float32")))
