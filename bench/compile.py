@@ -1,17 +1,30 @@
-"""TVM compile of SmolLM2-135M for the host CPU, beside torch and onnxruntime.
+"""SmolLM2-135M compiled by edgefold beside what users would otherwise pick, in one run.
 
-Batch 1, one decode step (one token with a 256-slot KV cache, the graph that
-`edgefold compile` builds for decode; onnxruntime runs the same decode graph, torch
-uses HF's cache) and a 128-token prefill; torch, onnxruntime (its default optimizations), TVM untuned
-and TVM tuned (trial budget per shape in the rows), for the dense fp32 model and the
-int4 model from the quantize pass (block 32, symmetric, embedding/tied head included),
-plus onnxruntime's own best 4-bit path (MatMulNBits, the quantize pass's
-target=onnxruntime), and the compressed model of the pipeline (fold 10% of FFN
-channels, then mixed int8/int4 at 4.5 bits on average). Also: this machine's memory bandwidth (numpy copy) and the
-roofline it implies for reading each model's weights once; compile times with a cold
-and a warm tuning database; the per-kernel profile of the tuned decode step.
+Same machine, 2 threads, batch 1, one protocol for every runtime (bench/anchors/protocol.py):
+prefill the first 128 tokens of the Wikipedia evaluation text (prefill-128 ms), then 32 greedy
+decode steps (context 128..160; decode ms/token is their median), over several runs.
 
-    .venv/bin/python bench/compile.py [--trials 128] [--quick]
+Rows, for the fp32 export and the default build's compressed model:
+- onnxruntime on the exported graph (its default optimizations): prefill on model.onnx, decode
+  on the KV-cache decode graph edgefold derives from it, timed at position 128 (the step's work
+  does not depend on what the cache holds);
+- edgefold, templates only (0 tuning trials), the artifact `edgefold compile` writes; also the
+  same kernels built for AVX2 (`mcpu` haswell) and the exact fp32-activation kernels, run here;
+- edgefold tuned with a MetaSchedule budget (`--trials`): per kernel the faster of template and
+  tuned ships (the selection is in the row);
+- the weight-read roofline: packed weight bytes per token / this machine's read bandwidth,
+  measured in this run by a TVM streaming read over 512 MiB on both cores;
+- the anchors (onnxruntime-genai, OpenVINO GenAI, llama.cpp; bench/anchors/, installed by
+  tools/setup-bench.sh into .venv-bench): a missing one is a skipped row with its reason;
+- mobile-arm64: the NEON (sdot) decode checked under qemu-aarch64 against onnxruntime, and an
+  estimated ms/token: weight bytes / the profile's DRAM bandwidth / the decode kernels'
+  bandwidth efficiency measured here;
+- quality: perplexity on 4,096 Wikipedia tokens in 256-token windows, onnxruntime on the ONNX
+  file vs the edgefold artifact's own decode library (int8 activations).
+
+    .venv/bin/python bench/compile.py [--quick] [--repeats 10] [--trials 64] [--no-anchors]
+
+Writes bench/results/compile.json and compile.png.
 """
 
 from __future__ import annotations
@@ -19,221 +32,305 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 import numpy as np  # noqa: E402
 
+from bench.anchors import protocol  # noqa: E402
 from bench.common import Row, machine_lock, print_table, write_results  # noqa: E402
 
-THREADS = 2
-MODEL = "smollm2-135m"
-SHAPES = {"decode": 1, "prefill128": 128}
-COMPRESSED = ("fold:ratio=0.1", "quantize:avg_bits=4.5")  # the issue's "fold + int4 mixed" model
-
-
-def median_ms(fn, repeats: int) -> float:
-    from edgefold.latency import time_calls
-
-    return statistics.median(time_calls(fn, repeats))
-
-
-def copy_bandwidth_gbps(megabytes: int = 512, repeats: int = 5) -> float:
-    """numpy copy of a buffer far larger than the caches: read + write bytes per second."""
-    source = np.ones(megabytes * 2**20 // 8, dtype=np.float64)
-    target = np.empty_like(source)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(target, source)
-        best = min(best, time.perf_counter() - start)
-    return 2 * source.nbytes / best / 1e9
-
-
+MODEL = protocol.MODEL
+THREADS = protocol.THREADS
 KV_CACHE = 256
+PPL_TOKENS, PPL_WINDOW = 4096, 256
 
 
-def feeds_for(seq: int) -> dict[str, np.ndarray]:
-    from edgefold.evaluate.perplexity import wikipedia_tokens
-
-    return {"input_ids": wikipedia_tokens(MODEL, seq)[None, :].astype(np.int64)}
-
-
-def decode_feeds(references, path: Path) -> dict[str, np.ndarray]:
-    """A real decode step (9th Wikipedia token, caches filled by the 8 before it)."""
-    from edgefold import onnx_io
-
-    meta = {"task": "causal-lm", "tokenizer": onnx_io.metadata(path).get("edgefold.tokenizer"), "name": MODEL}
-    return references.inputs({"kv_cache": KV_CACHE}, meta)
-
-
-def compress(out: Path, *specs: str) -> Path | None:
-    """Run passes through the CLI; None when they are not usable in this tree."""
+def compressed_model(cache: Path) -> Path:
+    """The default build's compressed model (its recipe's passes), made once."""
     from edgefold.cli import main
+    from edgefold.recipe import DEFAULT_PASSES
 
-    if (out / "model.onnx").exists():
-        return out / "model.onnx"
-    code = main(["compress", MODEL, *[a for spec in specs for a in ("--pass", spec)], "-o", str(out), "--no-eval"])
-    return out / "model.onnx" if code == 0 and (out / "model.onnx").exists() else None
-
-
-def torch_rows(rows: list[Row], repeats: int) -> None:
-    """torch eager: decode = one token with HF's KV cache after 8 real tokens; prefill = 128 tokens."""
-    import copy
-
-    import torch
-
-    from edgefold.export.sources import builtin_plan
-
-    torch.set_num_threads(THREADS)
-    module = builtin_plan(MODEL).build_module().eval()
-    module = getattr(module, "model", module)  # the HF model inside the export wrapper: it takes a cache
-    ids = torch.from_numpy(feeds_for(9)["input_ids"])
-    with torch.no_grad():
-        past = module(ids[:, :8], use_cache=True).past_key_values
-        ms = median_ms(lambda: module(ids[:, 8:9], past_key_values=copy.deepcopy(past), use_cache=True), repeats)
-        rows.append(Row(MODEL, "torch", "fp32 decode", "latency_ms", ms, extra={"kv_cache": "HF DynamicCache, 8 tokens"}))
-        prefill = torch.from_numpy(feeds_for(128)["input_ids"])
-        ms = median_ms(lambda: module(prefill), repeats)
-        rows.append(Row(MODEL, "torch", "fp32 prefill128", "latency_ms", ms))
-    del module
+    out = cache / "default-recipe"
+    if not (out / "model.onnx").exists():
+        specs = [",".join([p["name"] + (":" if len(p) > 1 else "")] + [f"{k}={v}" for k, v in p.items() if k != "name"])
+                 .replace(":,", ":") for p in DEFAULT_PASSES]
+        args = ["compress", MODEL, *[a for s in specs for a in ("--pass", s)], "--no-eval", "-o", str(out)]
+        if main(args) != 0:
+            raise SystemExit("compressing with the default recipe failed")
+    return out / "model.onnx"
 
 
-def onnxruntime_rows(rows: list[Row], name: str, path: Path, setting: str, repeats: int, scratch: Path) -> None:
-    """onnxruntime (default optimizations): decode on the same KV-cache decode graph TVM compiles."""
+def compile_artifact(model: Path, out: Path, *, profile: str = "host", trials: int = 0) -> dict:
+    from edgefold.atomic import read_own_manifest
+    from edgefold.targets.tvm import compile_model
+
+    if read_own_manifest(out) is None or read_own_manifest(out).get("compile", {}).get("tuning_budget") != trials:
+        compile_model(model, profile, output=out, seqs=[1, 128] if profile == "host" else [1], kv_cache=KV_CACHE,
+                      trials=trials, check=profile == "host", latency=False, force=True)
+    return read_own_manifest(out)
+
+
+def edgefold_protocol(folder: Path, entries: list[dict], runs: int) -> dict:
+    """The anchors' protocol on an edgefold artifact."""
+    from edgefold.targets.tvm.llm.session import LlmSession
+
+    prompt = protocol.load_prompt()
+    ids = list(prompt["input_ids"])
+    session = LlmSession(folder, entries)
+
+    def prefill() -> int:
+        return int(np.argmax(session.prefill(ids)))
+
+    def step(token: int) -> int:
+        return int(np.argmax(session.decode(token)))
+
+    result = protocol.measure(prefill, step, runs, reset=session.reset)
+    result.update(protocol.agreement(result["greedy_ids"], prompt.get("reference_greedy", [])))
+    return result
+
+
+def onnxruntime_rows(rows: list[Row], name: str, model: Path, setting: str, runs: int, scratch: Path) -> None:
     from edgefold.targets.tvm.execute import reference_session
     from edgefold.targets.tvm.references import References
 
-    from edgefold.errors import EdgefoldError
+    ids = np.array([protocol.load_prompt()["input_ids"]], np.int64)
+    session = reference_session(model, threads=THREADS, exact=False)
+    session.run(None, {"input_ids": ids})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {"input_ids": ids})
+        times.append((time.perf_counter() - start) * 1e3)
+    rows.append(Row(name, "onnxruntime", f"{setting} prefill128", "latency_ms", statistics.median(times)))
+    decode = References(model, scratch).session(KV_CACHE, exact=False, threads=THREADS)
+    feeds = {i.name: np.zeros([int(d) for d in i.shape], np.float32) for i in decode.get_inputs()
+             if i.name.startswith("past_")}
+    times = []
+    for position in range(protocol.PROMPT_TOKENS, protocol.PROMPT_TOKENS + protocol.DECODE_STEPS):
+        feeds["input_ids"] = np.array([[ids[0, position % ids.shape[1]]]], np.int64)
+        feeds["position"] = np.array([position], np.int64)
+        start = time.perf_counter()
+        decode.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1e3)
+    rows.append(Row(name, "onnxruntime", f"{setting} decode", "latency_ms", statistics.median(times[2:]),
+                    extra={"note": "KV-cache decode graph at positions 128..160"}))
 
-    references = References(path, scratch / f"ort-{path.parent.name}")
-    for label, seq in SHAPES.items():
-        if seq == 1:
-            try:
-                session = references.session(KV_CACHE, exact=False, threads=THREADS)
-            except EdgefoldError as error:  # e.g. a graph the KV-cache rewrite does not match
-                print(f"{name} {setting}: no onnxruntime decode row: {error}", flush=True)
-                continue
-            feeds = decode_feeds(references, path)
-        else:
-            session = reference_session(path, threads=THREADS, exact=False)
-            feeds = feeds_for(seq)
-        ms = median_ms(lambda: session.run(None, feeds), repeats)
-        rows.append(Row(name, "onnxruntime", f"{setting} {label}", "latency_ms", ms))
+
+def edgefold_rows(rows: list[Row], name: str, setting: str, folder: Path, manifest: dict, runs: int,
+                  method: str, bandwidth: float) -> dict:
+    entries = [e for e in manifest["compile"]["buckets"] if e.get("kind") == "llm"]
+    result = edgefold_protocol(folder, entries, runs)
+    decode = next(e for e in entries if e["function"] == "decode")
+    weight_bytes = int(decode["weight_bytes_per_token"])
+    roofline = weight_bytes / (bandwidth * 1e9) * 1e3
+    extra = {"isa": decode["isa"], "weight_bytes_per_token": weight_bytes, "vs_roofline": result["decode_ms"] / roofline,
+             **{k: result[k] for k in ("greedy_prefix_match", "greedy_agreement", "compared", "decode_p90_ms")
+                if k in result},
+             "fidelity": decode.get("fidelity"), "selection": decode.get("selection")}
+    rows.append(Row(name, method, f"{setting} decode", "latency_ms", result["decode_ms"], file_bytes=weight_bytes,
+                    extra=extra))
+    rows.append(Row(name, method, f"{setting} prefill128", "latency_ms", result["prefill128_ms"], file_bytes=weight_bytes,
+                    extra={"isa": decode["isa"]}))
+    return {"roofline_ms": roofline, "weight_bytes": weight_bytes, "result": result}
 
 
-def tvm_rows(rows: list[Row], name: str, path: Path, setting: str, trials: int, repeats: int,
-             cache: Path, profiles: dict) -> dict[str, float]:
-    """Untuned and tuned builds; returns bytes of weights per shape (for the roofline)."""
+def variant_rows(rows: list[Row], name: str, setting: str, model: Path, runs: int, mcpu: str | None, fp32_act: bool,
+                 method: str) -> None:
+    """The same decoder built for another isa (AVX2 via mcpu haswell) or with exact fp32 activations, run here."""
+    import tvm
+    from tvm import relax
+
+    from edgefold.targets.tvm.kernels.isa import float_only, isa_for
+    from edgefold.targets.tvm.llm.program import build_module, plan_decoder, relax_pipeline
+    from edgefold.targets.tvm.llm.spec import extract_decoder
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu or tvm.target.codegen.llvm_get_system_cpu(),
+                                "num-cores": THREADS})
+    isa = isa_for(target)
+    isa = float_only(isa) if fp32_act else isa
+    plan = plan_decoder(extract_decoder(model), isa, KV_CACHE)
+    vms = {}
+    for tokens in (1, protocol.PROMPT_TOKENS):
+        mod, _ = build_module(plan, tokens)
+        with tvm.transform.PassContext(opt_level=3):
+            vms[tokens] = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=relax_pipeline()), tvm.cpu())
+    blob = tvm.runtime.tensor(plan.blob.bytes())
+    state = {"cache": None, "position": 0}
+    tensor = lambda a: tvm.runtime.tensor(np.asarray(a))  # noqa: E731
+    ids = protocol.load_prompt()["input_ids"]
+
+    def reset():
+        state["cache"] = tensor(np.zeros(plan.cache_len, np.float32))
+        state["position"] = 0
+
+    def prefill() -> int:
+        logits = vms[protocol.PROMPT_TOKENS]["prefill"](tensor(np.array([ids], np.int64)), tensor(np.array([0], np.int64)),
+                                                        tensor(np.array([len(ids)], np.int64)), state["cache"], blob)
+        state["position"] = len(ids)
+        return int(np.argmax(logits.numpy()))
+
+    def step(token: int) -> int:
+        logits = vms[1]["decode"](tensor(np.array([[token]], np.int64)), tensor(np.array([state["position"]], np.int64)),
+                                  state["cache"], blob)
+        state["position"] += 1
+        return int(np.argmax(logits.numpy()))
+
+    result = protocol.measure(prefill, step, runs, reset=reset)
+    rows.append(Row(name, method, f"{setting} decode", "latency_ms", result["decode_ms"], extra={"isa": isa.name}))
+    rows.append(Row(name, method, f"{setting} prefill128", "latency_ms", result["prefill128_ms"], extra={"isa": isa.name}))
+
+
+def perplexity_rows(rows: list[Row], name: str, model: Path, folder: Path, manifest: dict) -> None:
+    """Perplexity in 256-token windows: onnxruntime on the ONNX file vs the artifact's decode library."""
+    from edgefold.evaluate.perplexity import wikipedia_tokens
+    from edgefold.targets.tvm.execute import reference_session
+    from edgefold.targets.tvm.llm.session import LlmSession
+
+    ids = wikipedia_tokens(MODEL, PPL_TOKENS)
+    windows = ids.reshape(-1, PPL_WINDOW)
+
+    def nll(logits: np.ndarray, targets: np.ndarray) -> float:
+        logits = logits.astype(np.float64)
+        top = logits.max(-1, keepdims=True)
+        lse = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[..., 0]
+        return float((lse - logits[np.arange(len(targets)), targets]).sum())
+
+    session = reference_session(model, threads=THREADS, exact=True)
+    total = sum(nll(session.run(None, {"input_ids": w[None]})[0][0][:-1], w[1:]) for w in windows)
+    rows.append(Row(name, "onnxruntime", f"perplexity {PPL_WINDOW}-token windows", "perplexity",
+                    float(np.exp(total / (windows.size - len(windows)))), extra={"tokens": PPL_TOKENS}))
+    llm = LlmSession(folder, [e for e in manifest["compile"]["buckets"] if e.get("kind") == "llm"])
+    total = 0.0
+    for w in windows:
+        llm.reset()
+        logits = np.stack([llm.decode(int(t)) for t in w[:-1]])
+        total += nll(logits, w[1:])
+    rows.append(Row(name, "edgefold", f"perplexity {PPL_WINDOW}-token windows (artifact, int8 activations)",
+                    "perplexity", float(np.exp(total / (windows.size - len(windows)))), extra={"tokens": PPL_TOKENS}))
+
+
+def arm_rows(rows: list[Row], name: str, model: Path, cache: Path, host: dict) -> None:
+    """mobile-arm64: the NEON decode under qemu against onnxruntime, and an estimated ms/token."""
+    from edgefold.targets.profiles import load_profile
+    from edgefold.targets.tvm import run_artifact
+
+    folder = cache / "arm64"
+    try:
+        compile_artifact(model, folder, profile="mobile-arm64")
+        result = run_artifact(folder, count=8)["decode"]
+    except Exception as error:  # noqa: BLE001 - no cross compiler / qemu here: a skipped row
+        rows.append(Row(name, "edgefold mobile-arm64", "decode under qemu", "skipped", 0.0,
+                        extra={"reason": str(error).splitlines()[0][:300]}))
+        return
+    rows.append(Row(name, "edgefold mobile-arm64", "decode under qemu vs onnxruntime", "argmax_agreement",
+                    result["argmax_agreement"], extra={"cosine": result["cosine"], "steps": result["inputs_checked"]}))
+    profile = load_profile("mobile-arm64")
+    efficiency = host["roofline_ms"] / host["result"]["decode_ms"]  # the decode's share of the bandwidth here
+    estimate = host["weight_bytes"] / (profile.dram.bandwidth_gbps * 1e9) * 1e3 / min(efficiency, 1.0)
+    rows.append(Row(name, "edgefold mobile-arm64", "decode (estimated)", "latency_ms", estimate,
+                    extra={"kind": "estimated", "dram_gbps": profile.dram.bandwidth_gbps, "host_efficiency": efficiency}))
+
+
+def cuda_rows(rows: list[Row], name: str, model: Path, cache: Path) -> None:
+    """server-gpu: whether the CUDA library builds (running it needs a GPU)."""
     from edgefold.targets.tvm import compile_model
-    from edgefold.targets.tvm.execute import HostLibrary
-    from edgefold.targets.tvm.kernel_profile import kernel_profile
-    from edgefold.targets.tvm.references import References
 
-    weights = {}
-    for method, budget in (("tvm untuned", 0), (f"tvm tuned", trials)):
-        for attempt in ("first", "second") if budget else ("first",):
-            with tempfile.TemporaryDirectory(dir=cache) as out:
-                start = time.perf_counter()
-                manifest = compile_model(path, "host", output=Path(out) / "a", trials=budget, check=False,
-                                         seqs=list(SHAPES.values()), kv_cache=KV_CACHE)
-                seconds = time.perf_counter() - start
-                rows.append(Row(name, method, f"{setting} trials={budget}/shape", f"compile_s_{attempt}",
-                                round(seconds, 1)))
-                if attempt == "second":
-                    continue
-                folder = Path(out) / "a"
-                references = References(folder / "model.onnx", Path(out) / "references")
-                for entry in manifest["compile"]["buckets"]:
-                    library = HostLibrary(folder / entry["library"], folder / entry["weights"], entry.get("input_order") or list(entry["inputs"]))
-                    feeds = references.inputs(entry, manifest["compile"]["model"])
-                    ms = library.latency_ms(feeds, repeats)
-                    rows.append(Row(name, method, f"{setting} {entry['label']}", "latency_ms", ms,
-                                    file_bytes=(folder / entry["weights"]).stat().st_size,
-                                    extra={"trials_per_shape": budget, "tuned_kernels": entry["tuned_kernels"],
-                                           "kernels": entry["kernels"]}))
-                    weights[entry["label"]] = (folder / entry["weights"]).stat().st_size
-                    if budget and entry["label"] == "decode":
-                        profiles[f"{name} {setting}"] = kernel_profile(library, feeds, repeats=3)
-                    del library
-    return weights
+    start = time.perf_counter()
+    try:
+        manifest = compile_model(model, "server-gpu", output=cache / "cuda", seqs=[1], kv_cache=KV_CACHE, trials=0,
+                                 check=False, latency=False, force=True)
+        built = 1.0
+        extra = {"notes": manifest["compile"]["buckets"][0].get("notes", [])}
+    except Exception as error:  # noqa: BLE001
+        built, extra = 0.0, {"reason": str(error).splitlines()[0][:300]}
+    rows.append(Row(name, "edgefold server-gpu", "CUDA library builds", "built", built,
+                    seconds=round(time.perf_counter() - start, 1), extra=extra))
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    for ax, shape in zip(axes, ("decode", "prefill128")):
+        picked = [r for r in rows if r.metric == "latency_ms" and r.setting.endswith(shape)
+                  and r.method not in ("roofline",) and "estimated" not in r.setting]
+        picked.sort(key=lambda r: r.value)
+        labels = [f"{r.method}\n{r.setting.removesuffix(shape).strip()}" for r in picked]
+        colors = ["tab:green" if r.method.startswith("edgefold") else "tab:gray" for r in picked]
+        ax.barh(labels, [r.value for r in picked], color=colors)
+        for r in rows:
+            if r.method == "roofline" and shape == "decode":
+                ax.axvline(r.value, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("ms (log scale)")
+        ax.set_title(f"SmolLM2-135M {shape}, 2 threads (red: weight-read roofline)")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=128, help="tuning trials per shape")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="decode only, 3 repeats (a smoke run)")
-    parser.add_argument("--with-int4", action="store_true", help="also compile the plain int4 model with TVM")
+    parser.add_argument("--repeats", type=int, default=10, help="protocol runs per configuration (>= 5)")
+    parser.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per shape for the tuned rows")
+    parser.add_argument("--quick", action="store_true", help="edgefold and onnxruntime only, 5 runs, no tuning")
+    parser.add_argument("--no-anchors", action="store_true")
     args = parser.parse_args()
-    if args.quick:
-        SHAPES.pop("prefill128")
-        args.repeats = 3
+    runs = protocol.runs_for(5 if args.quick else args.repeats)
 
     from edgefold.atomic import cache_root
     from edgefold.export import export_model
+    from edgefold.targets.tvm.llm.bandwidth import read_bandwidth_gbps
 
+    cache = cache_root() / "bench-compile"
+    cache.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    profiles: dict = {}
+    fp32 = export_model(MODEL).path
+    compressed = compressed_model(cache)
     with machine_lock():
-        handle = export_model(MODEL)
-        root = cache_root()
-        bench_cache = root / "bench-compile"
-        bench_cache.mkdir(parents=True, exist_ok=True)
-        int4 = compress(bench_cache / "int4", "quantize:format=int4")
-        nbits = compress(bench_cache / "int4-nbits", "quantize:format=int4,target=onnxruntime")
-        folded = compress(bench_cache / "fold-mixed", *COMPRESSED)
+        bandwidth = read_bandwidth_gbps(THREADS)
+        rows.append(Row("machine", "TVM streaming read", f"{THREADS} threads, 512 MiB", "bandwidth_gbps", bandwidth))
+        scratch = cache / "ort"
+        summary = {}
+        for name, model, setting in ((MODEL, fp32, "fp32"), (f"{MODEL}-default", compressed, "default recipe")):
+            onnxruntime_rows(rows, name, model, setting, runs, scratch / setting.replace(" ", "-"))
+            folder = cache / f"artifact-{setting.replace(' ', '-')}"
+            manifest = compile_artifact(model, folder)
+            summary[setting] = edgefold_rows(rows, name, setting, folder, manifest, runs, "edgefold templates",
+                                             bandwidth)
+            rows.append(Row(name, "roofline", f"{setting} decode", "latency_ms", summary[setting]["roofline_ms"],
+                            file_bytes=summary[setting]["weight_bytes"],
+                            extra={"note": f"packed weight bytes per token / {bandwidth:.1f} GB/s"}))
+            if not args.quick:
+                tuned = cache / f"artifact-{setting.replace(' ', '-')}-tuned"
+                edgefold_rows(rows, name, setting, tuned, compile_artifact(model, tuned, trials=args.trials), runs,
+                              f"edgefold tuned ({args.trials} trials/shape)", bandwidth)
+                variant_rows(rows, name, setting, model, runs, "haswell", False, "edgefold AVX2 kernels")
+                variant_rows(rows, name, setting, model, runs, None, True, "edgefold exact fp32 activations")
+        if not args.quick:
+            perplexity_rows(rows, f"{MODEL}-default", compressed, cache / "artifact-default-recipe",
+                            compile_artifact(compressed, cache / "artifact-default-recipe"))
+        if not args.no_anchors and not args.quick:
+            from bench.anchors.rows import anchor_rows
 
-        bandwidth = copy_bandwidth_gbps()
-        rows.append(Row("machine", "numpy copy", "512 MiB", "bandwidth_gbps", bandwidth))
-        torch_rows(rows, args.repeats)
-        scratch = Path(tempfile.mkdtemp(prefix="ort-", dir=bench_cache))
-        onnxruntime_rows(rows, MODEL, handle.path, "fp32", args.repeats, scratch)
-        if int4 is not None:
-            onnxruntime_rows(rows, f"{MODEL}-int4", int4, "int4 DequantizeLinear", args.repeats, scratch)
-        if nbits is not None:
-            onnxruntime_rows(rows, f"{MODEL}-int4", nbits, "int4 MatMulNBits", args.repeats, scratch)
-        if folded is not None:
-            onnxruntime_rows(rows, f"{MODEL}-fold-mixed", folded, "fold 10% + mixed 4.5 bits", args.repeats, scratch)
-        shutil.rmtree(scratch, ignore_errors=True)
-
-        # A fresh tuning cache so "first" really starts cold (exports stay where they are).
-        tuning_home = Path(tempfile.mkdtemp(prefix="tuning-", dir=bench_cache))
-        previous = os.environ.get("EDGEFOLD_CACHE")
-        (tuning_home / "exports").symlink_to(root / "exports")
-        os.environ["EDGEFOLD_CACHE"] = str(tuning_home)
-        try:
-            # TVM for the dense model and the pipeline's compressed one (int4-only TVM rows: --with-int4).
-            models = [(MODEL, handle.path, "fp32")] + (
-                [(f"{MODEL}-int4", int4, "int4")] if int4 and args.with_int4 else []) + (
-                [(f"{MODEL}-fold-mixed", folded, "fold-mixed")] if folded else [])
-            for name, path, setting in models:
-                weights = tvm_rows(rows, name, path, setting, args.trials, args.repeats, bench_cache, profiles)
-                for label, size in weights.items():
-                    rows.append(Row(name, "roofline", f"{setting} {label}", "latency_ms",
-                                    size / (bandwidth * 1e9) * 1e3, file_bytes=size,
-                                    extra={"note": "weight bytes read once at the numpy copy bandwidth"}))
-        finally:
-            if previous is None:
-                os.environ.pop("EDGEFOLD_CACHE", None)
-            else:
-                os.environ["EDGEFOLD_CACHE"] = previous
-
-    for key, profile in profiles.items():
-        for kernel in profile["kernels"][:12]:
-            rows.append(Row(key.split()[0], "tvm tuned kernel", f"{key.split()[1]} decode: {kernel['name']}",
-                            "kernel_ms", kernel["ms"], extra={"calls": kernel["calls"], "share": kernel["share"]}))
-    path = write_results("compile", rows)
-    (path.parent / "compile-kernels.json").write_text(json.dumps(profiles, indent=2) + "\n")
-    print_table("SmolLM2-135M on this CPU: torch, onnxruntime, TVM (batch 1, 2 threads)", rows)
-    print(f"wrote {path}")
+            rows.extend(anchor_rows(args.repeats))
+    if not args.quick:
+        arm_rows(rows, f"{MODEL}-default", compressed, cache, summary["default recipe"])
+        cuda_rows(rows, f"{MODEL}-default", compressed, cache)
+    path = write_results("compile" if not args.quick else "compile-quick", rows)
+    plot(rows, path.with_suffix(".png"))
+    print_table(f"SmolLM2-135M, {THREADS} threads, batch 1 (decode ms/token at context 128..160; prefill-128 ms)", rows)
+    print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
         llm = None
         if not shapes and meta["task"] == "causal-lm":
             llm = _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency,
-                               reuse, model_digest)
+                               reuse, model_digest, budget)
         if llm is not None:
             entries = llm.entries
             report["buckets"] = llm.timings
@@ -172,18 +172,22 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
 
 
 def _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency, reuse,
-                 model_digest):
+                 model_digest, budget: int):
     """The hand-scheduled LLM libraries (`llm.compile`), or None when the model is not such a decoder."""
     from edgefold.targets.tvm.environment import tool_versions
+    from edgefold.targets.tvm.llm.tuning import SELECTION_FILE
+    from edgefold.targets.tvm.tuning import TuningDatabase
+
     from edgefold.targets.tvm.llm.compile import compile_llm
 
     kv = max((b.kv_cache for b in buckets), default=0)
     seqs = sorted(1 if b.label == "decode" else int(b.shapes["input_ids"][1]) for b in buckets)
+    database = TuningDatabase.for_bucket(device.name, str(target), f"llm-{model_digest[:12]}")
     key = build_cache.build_key(model=model_digest, bucket={"llm": seqs, "kv_cache": kv, "check": check},
-                                profile=device.model_dump(mode="json"), target=str(target), budget=0,
-                                records=Path("/nonexistent"), versions=tool_versions())
+                                profile=device.model_dump(mode="json"), target=str(target), budget=budget,
+                                records=database.folder / SELECTION_FILE, versions=tool_versions())
     return compile_llm(model_path, meta, device, target, kind, seqs, kv, staging, references, check=check,
-                       latency=latency, reuse=reuse, cache_key=key)
+                       latency=latency, reuse=reuse, cache_key=key, budget=budget, database=database)
 
 
 # ---------------------------------------------------------------- one bucket

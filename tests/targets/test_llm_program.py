@@ -3,10 +3,14 @@ weights and the hand-scheduled decode/prefill libraries match onnxruntime step b
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 tvm = pytest.importorskip("tvm")
+sys.path.insert(0, str(Path(__file__).parent))  # test_kernels' weight builders
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,51 @@ def test_unsupported_graph_is_refused_not_misread(tiny_llama, tmp_path):
         from edgefold.targets.tvm.references import References
 
         check_against_onnxruntime(spec, References(dip, tmp_path / "r").session(16), TOKENS[:3], 16)
+
+
+def _one_gemv(rng):
+    from edgefold.targets.tvm.kernels.gemv import GemvSpec
+    from edgefold.targets.tvm.kernels.isa import isa_for
+    from edgefold.targets.tvm.kernels.packing import Blob, add_packed, pack
+    from test_kernels import int_weight
+
+    host = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2})
+    w = int_weight(rng, 64, 96, scale="u8", offset="min")
+    packed = pack(w)
+    blob = Blob()
+    slots = {**add_packed(blob, packed), "norm": blob.add(np.ones(96, np.float32)), "src_off": 0, "y_off": 0}
+    spec = GemvSpec(isa_for(host), packed.fmt, 64, 96, "norm", 96, 64)
+    return host, spec, slots, blob.bytes()
+
+
+def test_tuning_keeps_the_template_unless_metaschedule_finds_faster(tmp_path, monkeypatch):
+    """Per kernel the faster of template and tuned ships, and the database records which won:
+    against the real template MetaSchedule's schedule loses (the template is kept); against a
+    deliberately slow template (the unscheduled loops) it wins, replays onto the real kernel,
+    computes the same result, and is what gets shipped."""
+    import json
+
+    import edgefold.targets.tvm.kernels.gemv as gemv_module
+    from edgefold.targets.tvm.kernels.gemv import OFFSET_SLOTS
+    from edgefold.targets.tvm.kernels.tunable import unscheduled_gemv
+    from edgefold.targets.tvm.llm.tuning import SELECTION_FILE, select_kernels
+    from edgefold.targets.tvm.tuning import TuningDatabase
+
+    host, spec, slots, blob = _one_gemv(np.random.default_rng(1))
+    replacements, selection = select_kernels({spec.name: (spec, slots)}, blob, host, 4, TuningDatabase(tmp_path / "a"))
+    assert replacements == {} and selection[spec.name]["winner"] == "template"
+    assert json.loads((tmp_path / "a" / SELECTION_FILE).read_text())[spec.name]["winner"] == "template"
+
+    monkeypatch.setattr(gemv_module, "build_gemv", lambda s: unscheduled_gemv(s).with_attr("global_symbol", s.name))
+    replacements, selection = select_kernels({spec.name: (spec, slots)}, blob, host, 16, TuningDatabase(tmp_path / "b"))
+    assert selection[spec.name]["winner"] == "tuned", selection
+    assert json.loads((tmp_path / "b" / SELECTION_FILE).read_text())[spec.name]["winner"] == "tuned"
+    library = tvm.compile(tvm.IRModule({spec.name: replacements[spec.name]}), target=host)
+    reference = tvm.compile(tvm.IRModule({spec.name: unscheduled_gemv(spec)}), target=host)
+    src = tvm.runtime.tensor(np.random.default_rng(3).standard_normal(96).astype(np.float32))
+    outs = []
+    for lib in (library, reference):
+        y = tvm.runtime.tensor(np.zeros(64, np.float32))
+        lib[spec.name](src, tvm.runtime.tensor(blob), *[int(slots.get(s, 0)) for s in OFFSET_SLOTS], y)
+        outs.append(y.numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)

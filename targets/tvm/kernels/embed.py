@@ -16,6 +16,7 @@ from tvm.script import tirx as T
 from edgefold.targets.tvm.kernels.gemv import STORAGE_DTYPES, SCHEDULED
 from edgefold.targets.tvm.kernels.isa import ROWS
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
+from edgefold.targets.tvm.kernels.weight_element import weight_element
 
 # Element-offset arguments after (ids, position, blob): the table's streams, then RoPE's inv_freq.
 EMBED_SLOTS = ("W", "S", "S_step", "S_zero", "Z", "M", "M_step", "M_zero", "inv_freq")
@@ -50,31 +51,6 @@ def build_embed(spec: EmbedSpec) -> tvm.tirx.PrimFunc:
         wdt, sdt, mdt = STORAGE_DTYPES[fmt.dtype], "float32", "float32"
         wshape = (G, H, ROWS)
 
-    def side(buf, step, zero, g, b, r, storage):
-        if storage == "u8":
-            return (T.Cast("float32", buf[g, b, r]) - zero[g, r]) * step[g, r]
-        return T.Cast("float32", buf[g, b, r])
-
-    def element(W, S, Ss, Sz, Z, Mn, Ms, Mz, g, r, k):
-        if not is_int:
-            raw = W[g, k, r]
-            return _fp8_scalar(raw) if fmt.dtype == "fp8" else T.Cast("float32", raw)
-        if fmt.bits == 4:
-            p = k % 8
-            shift = (p % 4) * 8 + (p // 4) * 4
-            code = T.bitwise_and(T.shift_right(W[g, k // 8, r], T.Cast("int32", shift)), T.int32(0xF))
-        else:
-            code = T.bitwise_and(T.shift_right(W[g, k // 4, r], T.Cast("int32", (k % 4) * 8)), T.int32(0xFF))
-        wb = k // block
-        scale = side(S, Ss, Sz, g, wb, r, fmt.scale)
-        if fmt.offset == "zero":
-            offset = -(T.Cast("float32", Z[g, wb, r]) * scale)
-        elif fmt.offset == "min":
-            offset = side(Mn, Ms, Mz, g, wb, r, fmt.minimum) - T.float32(fmt.bias) * scale
-        else:
-            offset = -(T.float32(fmt.bias) * scale)
-        return T.Cast("float32", code) * scale + offset
-
     @T.prim_func
     def embed(ids: T.Buffer((1, NT), "int64"), position: T.Buffer((1,), "int64"), blob_h: T.handle,
               o_w: T.int64, o_s: T.int64, o_ss: T.int64, o_sz: T.int64, o_z: T.int64, o_m: T.int64,
@@ -97,7 +73,7 @@ def build_embed(spec: EmbedSpec) -> tvm.tirx.PrimFunc:
             g = token // ROWS
             r = token % ROWS
             for k in range(H):
-                x[t * H + k] = element(W, S, Ss, Sz, Z, Mn, Ms, Mz, g, r, k)
+                x[t * H + k] = weight_element(fmt, block, (W, S, Ss, Sz, Z, Mn, Ms, Mz), g, r, k)
             for i in range(HALF):
                 angle = T.Cast("float32", position[0] + t) * F[i]
                 rope[t * D + i] = T.cos(angle)
@@ -105,10 +81,3 @@ def build_embed(spec: EmbedSpec) -> tvm.tirx.PrimFunc:
 
     return embed.with_attr("global_symbol", spec.name)
 
-
-def _fp8_scalar(raw):
-    b = T.Cast("int32", raw)
-    magnitude = T.reinterpret("float32", T.shift_left(T.bitwise_and(b, T.int32(0x7F)), T.int32(20)) + T.int32(120 << 23))
-    magnitude = T.Select(T.bitwise_and(b, T.int32(0x78)) == T.int32(0),
-                         (magnitude - T.float32(2.0 ** -7)) * T.float32(2.0), magnitude)
-    return T.Select(T.bitwise_and(b, T.int32(0x80)) != T.int32(0), -magnitude, magnitude)

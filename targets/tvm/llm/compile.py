@@ -33,7 +33,8 @@ class LlmResult:
 
 
 def compile_llm(model_path: Path, meta: dict, device, target, kind: str, seqs: list[int], kv_cache: int,
-                staging: Path, references, *, check: bool, latency: bool, reuse: bool, cache_key: str) -> LlmResult | None:
+                staging: Path, references, *, check: bool, latency: bool, reuse: bool, cache_key: str,
+                budget: int = 0, database=None) -> LlmResult | None:
     """Build the LLM libraries into `staging`; None when the model is not a decoder this path takes."""
     from edgefold.targets.tvm import build_cache
     from edgefold.targets.tvm.kernels.isa import isa_for
@@ -54,7 +55,8 @@ def compile_llm(model_path: Path, meta: dict, device, target, kind: str, seqs: l
         except Unsupported as why:
             progress.info(f"    not compiled with the LLM kernels ({why}); compiling the generic way")
             return None
-        result = _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache, staging)
+        result = _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache, staging,
+                        budget=budget if kind == "x86_64" else 0, database=database)
         if check and kind == "x86_64":
             _check(result, staging, meta, references, kv_cache)
         files = {name: staging / name for e in result.entries for name in (e["library"], e["weights"])}
@@ -81,7 +83,8 @@ def _verified_spec(model_path: Path, references, kv_cache: int, meta: dict):
     return spec, checked
 
 
-def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache, staging) -> LlmResult:
+def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache, staging, *, budget: int = 0,
+           database=None) -> LlmResult:
     from edgefold.targets.tvm.build import export
     from edgefold.targets.tvm.llm.program import build_module, relax_pipeline, plan_decoder
     from edgefold.targets.tvm.weights import write_weights
@@ -94,12 +97,20 @@ def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache,
         weights = staging / "weights.bin"
         write_weights(weights, ["weights"], [blob])
         digest = sha256_file(weights)
+    replacements, selection = {}, {}
+    if budget > 0 and database is not None:
+        from edgefold.targets.tvm.llm.tuning import select_kernels
+
+        kernels: dict = {}
+        build_module(plan, 1, collect=kernels)
+        with progress.step(f"tune {len(kernels)} decode kernels ({budget} trials; template vs MetaSchedule)"):
+            replacements, selection = select_kernels(kernels, blob, target, budget, database)
     entries = []
     for tokens in sorted(set(seqs)):
         label = "decode" if tokens == 1 else f"prefill{tokens}"
         with progress.step(f"build {label} for {device.name} ({kind}, {isa.name})"), native_calls():
             start = time.perf_counter()
-            mod, kernels = build_module(plan, tokens)
+            mod, kernels = build_module(plan, tokens, replacements=replacements if tokens == 1 else None)
             with tvm.transform.PassContext(opt_level=3):
                 executable = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline())
             library = export(executable, target, device, staging / "lib" / f"{label}.so")
@@ -113,7 +124,9 @@ def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache,
             "inputs": inputs, "input_order": list(inputs), "library": f"lib/{label}.so",
             "extra": [f"lib/{p.name}" for p in library.extra], "weights": "weights.bin", "weights_sha256": digest,
             "weight_tensors": 1, "kv_cache": kv_cache, "cache_len": plan.cache_len, "isa": isa.name,
-            "kernels": len(kernels), "kernel_weight_bytes": kernels, "tuned_kernels": 0,
+            "kernels": len(kernels), "kernel_weight_bytes": kernels,
+            "tuned_kernels": sum(1 for r in selection.values() if r["winner"] == "tuned") if tokens == 1 else 0,
+            **({"selection": selection, "tuning_budget": budget} if tokens == 1 and selection else {}),
             "lowbit_weights": dict(sorted(plan.formats.items())),
             "weight_bytes_per_token": plan.weight_bytes_per_token(),
             "spec_check": {k: float(f"{v:.4g}") for k, v in checked.items()},

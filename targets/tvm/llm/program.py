@@ -163,7 +163,8 @@ class _Module:
         return self.gvars[name]
 
 
-def build_module(plan: DecoderPlan, tokens: int = 1):
+def build_module(plan: DecoderPlan, tokens: int = 1, *, replacements: dict | None = None,
+                 collect: dict | None = None):
     """The Relax IRModule of a plan (kernels included): `decode` for tokens == 1, else `prefill`
     of a prompt of up to `tokens` tokens:
 
@@ -197,14 +198,18 @@ def build_module(plan: DecoderPlan, tokens: int = 1):
         """One GEMV (rows == 1) or GEMM call; writes rows of `out` (new if None) at the segment's start."""
         packed = segment.packed
         bias = "bias" in segment.offsets
+        slots = {**segment.offsets, "src_off": 0, "y_off": segment.start, "norm": norm}
         if rows == 1:
             kspec = GemvSpec(isa, packed.fmt, packed.n, packed.k, prologue, src_width, out_width, accumulate, bias, eps)
-            gvar = module.kernel(kspec.name, lambda: build_gemv(kspec), packed.nbytes())
+            if collect is not None:
+                collect.setdefault(kspec.name, (kspec, slots))
+            chosen = (replacements or {}).get(kspec.name)
+            gvar = module.kernel(kspec.name, (lambda: chosen) if chosen is not None else (lambda: build_gemv(kspec)),
+                                 packed.nbytes())
         else:
             kspec = GemmSpec(isa, packed.fmt, packed.n, packed.k, rows, prologue, src_width, out_width, accumulate,
                              bias, eps)
             gvar = module.kernel(kspec.name, lambda: build_gemm(kspec), packed.nbytes())
-        slots = {**segment.offsets, "src_off": 0, "y_off": segment.start, "norm": norm}
         args = [src, weights] + [i64(slots.get(name, 0)) for name in OFFSET_SLOTS]
         out_type = relax.TensorType((rows * out_width,), "float32")
         if out is None:

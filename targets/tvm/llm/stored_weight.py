@@ -71,14 +71,17 @@ class StoredWeight:
             import ml_dtypes
 
             return self.data.view(ml_dtypes.float8_e4m3fn).astype(np.float32)
-        expand = lambda a: np.repeat(a, self.block, axis=1)[:, :self.k]  # noqa: E731
-        codes = self.data.astype(np.int32) - self.bias
+        blocks = self.blocks
+        padded = blocks * self.block
+        codes = np.zeros((self.n, padded), np.int16)
+        codes[:, :self.k] = self.data
+        codes = (codes - self.bias).reshape(self.n, blocks, self.block)  # broadcast per block, no repeat
         if self.zero is not None:
-            codes = codes - expand(self.zero.astype(np.int32))
-        w = codes.astype(np.float32) * expand(self.scale.values)
+            codes = codes - self.zero.astype(np.int16)[:, :, None]
+        w = codes.astype(np.float32) * self.scale.values[:, :, None]
         if self.minimum is not None:
-            w = w + expand(self.minimum.values)
-        return w.astype(np.float32)
+            w = w + self.minimum.values[:, :, None]
+        return np.ascontiguousarray(w.reshape(self.n, padded)[:, :self.k], dtype=np.float32)
 
     def stored_bytes(self) -> int:
         if self.kind in ("fp32", "fp16", "fp8"):

@@ -1,0 +1,49 @@
+"""One weight of a packed matrix as an fp32 scalar expression: w[n, k] from its group's streams.
+
+Used where weights are read one at a time (the embedding row of a token, and the
+unscheduled GEMV that MetaSchedule tunes), not in the vectorized kernels.
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+from edgefold.targets.tvm.kernels.packing import IntFormat
+
+
+def side_value(buf, step, zero, g, b, r, storage: str):
+    if storage == "u8":
+        return (T.Cast("float32", buf[g, b, r]) - zero[g, r]) * step[g, r]
+    return T.Cast("float32", buf[g, b, r])
+
+
+def fp8_scalar(raw):
+    """float32 from one FP8 E4M3FN bit pattern (rebiased exponent; subnormals by hand)."""
+    b = T.Cast("int32", raw)
+    magnitude = T.reinterpret("float32", T.shift_left(T.bitwise_and(b, T.int32(0x7F)), T.int32(20)) + T.int32(120 << 23))
+    magnitude = T.Select(T.bitwise_and(b, T.int32(0x78)) == T.int32(0),
+                         (magnitude - T.float32(2.0 ** -7)) * T.float32(2.0), magnitude)
+    return T.Select(T.bitwise_and(b, T.int32(0x80)) != T.int32(0), -magnitude, magnitude)
+
+
+def weight_element(fmt, block: int, streams, g, r, k):
+    """w of row (g, r) (group, lane) and input k. `streams` = (W, S, S_step, S_zero, Z, M, M_step, M_zero)."""
+    W, S, Ss, Sz, Z, Mn, Ms, Mz = streams
+    if not isinstance(fmt, IntFormat):
+        raw = W[g, k, r]
+        return fp8_scalar(raw) if fmt.dtype == "fp8" else T.Cast("float32", raw)
+    if fmt.bits == 4:
+        p = k % 8
+        shift = (p % 4) * 8 + (p // 4) * 4
+        code = T.bitwise_and(T.shift_right(W[g, k // 8, r], T.Cast("int32", shift)), T.int32(0xF))
+    else:
+        code = T.bitwise_and(T.shift_right(W[g, k // 4, r], T.Cast("int32", (k % 4) * 8)), T.int32(0xFF))
+    wb = k // block
+    scale = side_value(S, Ss, Sz, g, wb, r, fmt.scale)
+    if fmt.offset == "zero":
+        offset = -(T.Cast("float32", Z[g, wb, r]) * scale)
+    elif fmt.offset == "min":
+        offset = side_value(Mn, Ms, Mz, g, wb, r, fmt.minimum) - T.float32(fmt.bias) * scale
+    else:
+        offset = -(T.float32(fmt.bias) * scale)
+    return T.Cast("float32", code) * scale + offset
