@@ -17,9 +17,24 @@ import pydantic
 
 
 class PassConfig(pydantic.BaseModel):
-    """Base for pass configs: unknown keys are errors, values are type-checked."""
+    """Base for pass configs: unknown keys are errors, values are type-checked.
+
+    `RENAMED` maps an option's old spelling to its current name: the old one is an error that
+    names the new one (one meaning, one name across passes). `PATH_OPTIONS` are files; a recipe
+    resolves them from its own folder."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    RENAMED: ClassVar[dict[str, str]] = {}
+    PATH_OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _renamed_options(cls, values):
+        if isinstance(values, dict):
+            for old, new in cls.RENAMED.items():
+                if old in values:
+                    raise ValueError(f"option {old!r} is now called {new!r}")
+        return values
 
     def input_files(self) -> list[str]:
         """Files the pass reads besides the model: their content is part of a build's inputs,

@@ -8,6 +8,7 @@ asked, because the fold pass repairs BN statistics and needs them explicit.
 from __future__ import annotations
 
 import onnx_ir as ir
+import pydantic
 import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.optimizer import _constant_folding
@@ -19,8 +20,9 @@ from edgefold.passes.registry import register_pass
 
 
 class CleanupConfig(PassConfig):
-    fuse_batchnorm: bool = False
-    iterations: int = 2
+    fuse_batchnorm: bool = pydantic.Field(False, description="fold BatchNorm into the conv before it (off: "
+                                                             "fold/slice need the BatchNorms)")
+    iterations: int = pydantic.Field(2, ge=1, description="rounds of folding and rewriting")
 
 
 def _rewrite_rules(fuse_batchnorm: bool) -> list:

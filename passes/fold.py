@@ -20,7 +20,7 @@ analytic BatchNorm statistics re-estimate) all come from the weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -62,27 +62,38 @@ _DEFAULT_LAYER_CAP = {"ffn": 0.45, "conv": 0.75}
 
 
 class FoldConfig(PassConfig):
+    RENAMED: ClassVar[dict[str, str]] = {"ratios": "layer_ratios"}
+
     ratio: float = pydantic.Field(0.2, ge=0.0, lt=1.0, description="fraction of each folded structure's parameters removed")
-    ratios: dict[str, float] = pydantic.Field(default_factory=dict,
-                                              description="per-layer ratios by group name (ffn.3, conv.12, attn.0) or layer label")
-    allocation: Literal["auto", "uniform"] = "auto"
-    structures: list[Structure] = pydantic.Field(default_factory=lambda: ["ffn", "conv"])
-    method: Literal["fold", "magnitude", "random"] = "fold"
-    repair: Literal["auto", "none", "fold-ar", "bn-stats"] = "auto"
-    seed: int | None = None
-    channel_multiple: int | None = pydantic.Field(None, ge=1)
+    layer_ratios: dict[str, float] = pydantic.Field(
+        default_factory=dict, description="per-layer ratios by group name (ffn.3, conv.12, attn.0) or layer label; "
+                                          "the other layers follow `allocation`")
+    allocation: Literal["auto", "uniform"] = pydantic.Field(
+        "auto", description="auto: per-layer ratios from a data-free sensitivity of each layer; uniform: `ratio` everywhere")
+    structures: list[Structure] = pydantic.Field(
+        default_factory=lambda: ["ffn", "conv"], description="what to fold: ffn channels, attention kv groups, conv/BN channels")
+    method: Literal["fold", "magnitude", "random"] = pydantic.Field(
+        "fold", description="fold: merge channels (Model Folding); magnitude/random: prune baselines on the same widths")
+    repair: Literal["auto", "none", "fold-ar", "bn-stats"] = pydantic.Field(
+        "auto", description="variance repair after merging: fold-ar (data-free rescale), bn-stats (BatchNorm statistics), "
+                            "auto picks per structure")
+    seed: int | None = pydantic.Field(None, description="overrides the build seed (k-means init, random baseline)")
+    channel_multiple: int | None = pydantic.Field(
+        None, ge=1, description="kept widths are multiples of this (default: the profile's, else 1)")
     max_layer_ratio: float | None = pydantic.Field(
-        None, gt=0.0, le=1.0, description="cap on one group's ratio under auto allocation (default: 0.45 for FFNs, "
+        None, gt=0.0, le=1.0, description="cap on one layer's ratio under auto allocation (default: 0.45 for FFNs, "
                                           "0.75 for conv sets)")
-    sensitivity_power: float = pydantic.Field(6.0, ge=0.0)
+    sensitivity_power: float = pydantic.Field(
+        6.0, ge=0.0, description="how strongly auto allocation spares sensitive layers (share ~ sensitivity^-power)")
     outlier_threshold: float = pydantic.Field(3.0, ge=0.0, description="never merge channels this many x the median norm (0: off)")
-    attention_unit: Literal["kv-group", "query-head"] = "kv-group"
+    attention_unit: Literal["kv-group", "query-head"] = pydantic.Field(
+        "kv-group", description="fold whole kv groups (a kv head and its query heads) or single query heads")
     merge: Literal["auto", "mean", "anchor"] = pydantic.Field(
         "auto", description="mean: k-means cluster means (the paper); anchor: the most important channels stay, "
                             "the others fold into their most similar one (FFN and conv; heads always use mean); "
                             "auto: anchor for FFNs and conv sets with BatchNorm, mean elsewhere or with fold-ar")
 
-    @pydantic.field_validator("ratios")
+    @pydantic.field_validator("layer_ratios")
     @classmethod
     def _ratios_in_range(cls, value: dict[str, float]) -> dict[str, float]:
         for key, ratio in value.items():
@@ -143,7 +154,7 @@ class FoldPass(GraphPass):
         seed = cfg.seed if cfg.seed is not None else context.seed
         multiple = cfg.channel_multiple or getattr(context.profile, "channel_multiple", None) or 1
         plans = self._plans(model, analysis, multiple)
-        unknown = set(cfg.ratios) - {p.name for p in plans} - {p.label for p in plans}
+        unknown = set(cfg.layer_ratios) - {p.name for p in plans} - {p.label for p in plans}
         if unknown:
             raise EdgefoldError(f"fold: ratios name no foldable group: {', '.join(sorted(unknown))}")
         with progress.step(f"fold: allocating {len(plans)} groups ({cfg.allocation})"):
@@ -164,7 +175,7 @@ class FoldPass(GraphPass):
         """Channels removed, and the parameter ratio achieved per structure against `ratio`."""
         cfg = self.config
         removed = sum(p.width - p.keep for p in plans)
-        explicit = {p.name for p in plans if p.name in cfg.ratios or p.label in cfg.ratios}
+        explicit = {p.name for p in plans if p.name in cfg.layer_ratios or p.label in cfg.layer_ratios}
         achieved: dict[str, float] = {}
         for structure in cfg.structures:
             members = [p for p in plans if p.structure == structure]
@@ -245,7 +256,7 @@ class FoldPass(GraphPass):
         cfg = self.config
         explicit = {}
         for plan in plans:
-            ratio = cfg.ratios.get(plan.name, cfg.ratios.get(plan.label))
+            ratio = cfg.layer_ratios.get(plan.name, cfg.layer_ratios.get(plan.label))
             if ratio is not None:
                 explicit[plan.name] = ratio
         for structure in cfg.structures:

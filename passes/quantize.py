@@ -10,7 +10,7 @@ Weights read by MatMul/Gemm/Conv, embedding tables read by Gather, and weights r
 through a Transpose into a MatMul (a tied lm_head) are quantized once and dequantized
 once by standard ONNX `DequantizeLinear` (see passes/common/quant_formats.py) whose
 output feeds every original reader, so a tied embedding stays one tensor in the file.
-With `target=onnxruntime`, int4 weights of plain MatMuls become onnxruntime's
+With `emit=onnxruntime`, int4 weights of plain MatMuls become onnxruntime's
 `MatMulNBits` (com.microsoft) instead, which runs faster there but only there.
 
 Formats per weight under a budget come from a per-weight sensitivity (data-free, or with
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -54,29 +54,43 @@ GRAPH_BYTES_PER_WEIGHT = 4096  # graph text a quantized weight adds (nodes, name
 
 
 class QuantizeConfig(PassConfig):
-    format: str | None = None
+    RENAMED: ClassVar[dict[str, str]] = {"target": "emit"}  # `target` meant a device everywhere else
+    PATH_OPTIONS: ClassVar[tuple[str, ...]] = ("calibration_text",)
+
+    format: str | None = pydantic.Field(
+        None, description="one format for every weight: fp32, fp16, fp8, int8, int8-gN, int4-gN-sym|asym|min[-s8|-s8t]")
     block: int | None = pydantic.Field(default=None, ge=0, description="int4/int8 block size; 0 = per channel")
-    scheme: Literal["sym", "asym", "min"] | None = None
-    avg_bits: float | None = pydantic.Field(default=None, gt=0)
-    size_mb: float | None = pydantic.Field(default=None, gt=0)
-    formats: list[str] | None = None  # mixed-precision candidates
-    embedding: str | None = None  # format for Gather tables: a format name or "keep"
-    exclude: list[str] = []  # initializer names containing any of these stay fp32
-    min_elements: int = pydantic.Field(default=1024, ge=0)
-    # int4: also try narrower ranges per block and keep the least squared error. Off by default:
-    # on SmolLM2 it lowers the error but raises perplexity (clipped outliers matter more).
-    search: bool = False
-    sensitivity: Literal["data-free", "calibration"] = "data-free"
-    # Activation-aware scaling (AWQ-like), alpha in (0, 1]: before quantizing, multiply the
-    # weight rows after a norm by s_i = E[x_i^2]^(alpha/2) (measured on calibration samples)
-    # and divide the norm's scale by s_i: the same function in fp32, but the inputs that carry
-    # most signal get finer steps. Implies calibrated sensitivity.
-    act_scale: float | None = pydantic.Field(default=None, gt=0, le=1)
-    calibration_samples: int = pydantic.Field(default=32, ge=1)
-    # Text models: read this UTF-8 file (one document per line) instead of the Lee background corpus.
-    calibration_text: str | None = None
-    target: Literal["onnx", "onnxruntime"] = "onnx"
-    plot: bool = True
+    scheme: Literal["sym", "asym", "min"] | None = pydantic.Field(
+        None, description="int4 offset: sym (none), asym (zero point), min (a float minimum per block)")
+    avg_bits: float | None = pydantic.Field(
+        default=None, gt=0, description="mixed precision: formats per weight so the average is at most this many bits")
+    size_mb: float | None = pydantic.Field(
+        default=None, gt=0, description="mixed precision: formats per weight so the whole file fits in this many MB")
+    formats: list[str] | None = pydantic.Field(
+        None, description="mixed-precision candidates (default: the profile's formats among fp32 ... int4-g128)")
+    embedding: str | None = pydantic.Field(
+        None, description="format for embedding tables read by Gather: a format name, or keep (fp32)")
+    exclude: list[str] = pydantic.Field(
+        default_factory=list, description="initializer names containing any of these stay fp32")
+    min_elements: int = pydantic.Field(default=1024, ge=0, description="smaller weights stay fp32")
+    # Off by default: on SmolLM2 it lowers the error but raises perplexity (clipped outliers matter more).
+    search: bool = pydantic.Field(
+        False, description="int4: also try narrower ranges per block, keep the least squared error")
+    sensitivity: Literal["data-free", "calibration"] = pydantic.Field(
+        "data-free", description="how mixed precision ranks weights: from the weights alone, or with their measured "
+                                 "input energy on calibration text")
+    # Activation-aware scaling (AWQ-like): multiply the weight rows after a norm by s_i = E[x_i^2]^(alpha/2)
+    # and divide the norm's scale by s_i: the same function in fp32, but inputs that carry most
+    # signal get finer steps.
+    act_scale: float | None = pydantic.Field(
+        default=None, gt=0, le=1, description="AWQ-like rescaling strength alpha in (0, 1] before quantizing "
+                                              "(uses calibration samples)")
+    calibration_samples: int = pydantic.Field(default=32, ge=1, description="calibration documents run")
+    calibration_text: str | None = pydantic.Field(
+        None, description="text models: this UTF-8 file (one document per line) instead of the Lee background corpus")
+    emit: Literal["onnx", "onnxruntime"] = pydantic.Field(
+        "onnx", description="onnx: standard DequantizeLinear; onnxruntime: int4 MatMuls as com.microsoft MatMulNBits")
+    plot: bool = pydantic.Field(True, description="write a bits-per-layer plot beside the model")
 
     @pydantic.model_validator(mode="after")
     def _one_mode(self):
@@ -282,7 +296,7 @@ class QuantizePass(GraphPass):
             q = qf.quantize(weight, fmt, site.layout, search=cfg.search, importance=_importance(site))
             error = relative_error(weight, q.dequantize(), self._readers(site))
             before = weight.nbytes
-            use_nbits = cfg.target == "onnxruntime" and site.matmul_only and nbits_ready(q)
+            use_nbits = cfg.emit == "onnxruntime" and site.matmul_only and nbits_ready(q)
             if fmt.kind != "fp32":
                 emit = emit_matmul_nbits if use_nbits else emit_dequantize
                 new_nodes += emit(model, site.name, site.value, q)
@@ -292,7 +306,7 @@ class QuantizePass(GraphPass):
             rows.append([site.name, fmt.name, before, after, float(f"{error:.4g}")])
         if new_nodes:
             model.graph.insert_before(next(iter(model.graph)), new_nodes)
-        _ensure_opsets(model, cfg.target)
+        _ensure_opsets(model, cfg.emit)
 
         stats = _stats(rows, bytes_before, bytes_after, budget, "mixed" if mixed else "uniform", cfg)
         stats["removed"] = bytes_before - bytes_after  # weight bytes
@@ -347,7 +361,7 @@ class QuantizePass(GraphPass):
                     continue
                 q = qf.quantize(sample, fmt, site.layout, search=cfg.search, importance=_importance(site))
                 nbytes = qf.storage_bytes(shape, fmt, site.layout, scale_bytes)
-                if cfg.target == "onnxruntime" and site.matmul_only:
+                if cfg.emit == "onnxruntime" and site.matmul_only:
                     nbytes = nbits_storage(shape, fmt, site.layout) or nbytes
                 site.options.append(Option(fmt.name, nbytes, relative_error(sample, q.dequantize(), readers)))
 

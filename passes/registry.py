@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pathlib import Path
+
 import pydantic
 
 from edgefold.errors import EdgefoldError
@@ -42,14 +44,21 @@ def _load_builtin_passes() -> None:
             importlib.import_module(f"edgefold.passes.{info.name}")
 
 
-def create_pass(name: str, options: dict[str, Any] | None = None) -> GraphPass:
+def create_pass(name: str, options: dict[str, Any] | None = None, base_dir: Path | None = None) -> GraphPass:
+    """`base_dir`: where relative file options (the config's PATH_OPTIONS) start; a recipe passes
+    its own folder so `policy = "p.pt"` means the file beside the recipe wherever it runs from."""
     passes = available_passes()
     if name not in passes:
         known = ", ".join(passes) or "none"
         raise EdgefoldError(f"unknown pass {name!r} (available: {known})")
     cls = passes[name]
+    options = dict(options or {})
+    if base_dir is not None:
+        for key in cls.Config.PATH_OPTIONS:
+            if isinstance(options.get(key), str) and not Path(options[key]).expanduser().is_absolute():
+                options[key] = str(Path(base_dir) / options[key])
     try:
-        config = cls.Config(**(options or {}))
+        config = cls.Config(**options)
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()

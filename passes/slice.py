@@ -39,7 +39,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -72,19 +72,29 @@ PROBE_RATIO = 0.4
 
 
 class SliceConfig(PassConfig):
+    RENAMED: ClassVar[dict[str, str]] = {"ratios": "layer_ratios", "multiple": "channel_multiple",
+                                         "max_ratio": "max_layer_ratio"}
+    PATH_OPTIONS: ClassVar[tuple[str, ...]] = ("policy", "calibration_text")
+
     ratio: float = pydantic.Field(0.2, ge=0.0, lt=1.0, description="fraction of all FFN channels removed")
-    method: Literal["policy", "magnitude", "random", "activation"] = "policy"
-    allocation: Literal["uniform", "spectrum"] = "spectrum"
-    ratios: list[float] | None = pydantic.Field(None, description="explicit per-FFN ratios (overrides ratio/allocation)")
+    method: Literal["policy", "magnitude", "random", "activation"] = pydantic.Field(
+        "policy", description="policy: the learned spectrum-preserving ranking (no data); magnitude/random: baselines; "
+                              "activation: channel energy on calibration text (uses data)")
+    allocation: Literal["uniform", "spectrum"] = pydantic.Field(
+        "spectrum", description="per-layer ratios: uniform, or from a spectrum probe of each layer's sensitivity")
+    layer_ratios: dict[str, float] | None = pydantic.Field(
+        None, description="explicit ratio of every FFN by group name (ffn.0 ...) or layer label (overrides ratio and "
+                          "allocation)")
     policy: str | None = pydantic.Field(None, description="policy file to use (trained and written there if missing)")
     train_seconds: float = pydantic.Field(300.0, gt=0, description="wall-time cap for training a new policy")
     episodes: int = pydantic.Field(60, ge=1, description="REINFORCE episodes for a new policy")
     prior: float = pydantic.Field(3.0, ge=0.0, description="weight of the concentration prior in the policy score")
-    multiple: int | None = pydantic.Field(None, ge=1, description="kept widths are multiples of this (default: profile, else 8)")
+    channel_multiple: int | None = pydantic.Field(
+        None, ge=1, description="kept widths are multiples of this (default: the profile's, else 8)")
     probe: float = pydantic.Field(PROBE_RATIO, gt=0.0, lt=1.0, description="slice ratio used to probe layer sensitivity")
     sharpness: float = pydantic.Field(8.0, ge=0.0, description="layer share ~ KS^-sharpness under `spectrum` allocation")
-    max_ratio: float = pydantic.Field(0.45, gt=0.0, lt=1.0,
-                                      description="cap on one layer's ratio under `spectrum` (raised to ratio + 0.05 when lower)")
+    max_layer_ratio: float = pydantic.Field(
+        0.45, gt=0.0, lt=1.0, description="cap on one layer's ratio under `spectrum` (raised to ratio + 0.05 when lower)")
     calibration_samples: int = pydantic.Field(32, ge=1, description="documents run for method=activation")
     calibration_text: str | None = pydantic.Field(
         None, description="method=activation reads this UTF-8 file (one document per line) instead of the Lee background corpus")
@@ -103,12 +113,27 @@ class SliceConfig(PassConfig):
     def input_files(self) -> list[str]:
         return [path for path in (self.policy, self.calibration_text) if path is not None]
 
-    @pydantic.field_validator("ratios")
+    @pydantic.field_validator("layer_ratios")
     @classmethod
     def _ratios_in_range(cls, ratios):
-        if ratios is not None and any(not 0.0 <= r < 1.0 for r in ratios):
+        if ratios is not None and any(not 0.0 <= r < 1.0 for r in ratios.values()):
             raise ValueError("every ratio must be in [0, 1)")
         return ratios
+
+
+def _explicit_ratios(layer_ratios: dict[str, float] | None, groups) -> list[float] | None:
+    """`layer_ratios` in FFN order; every FFN must be named (by group name or layer label)."""
+    if layer_ratios is None:
+        return None
+    known = {g.name for g in groups} | {g.layer_label for g in groups}
+    unknown = sorted(set(layer_ratios) - known)
+    if unknown:
+        raise EdgefoldError(f"slice: layer_ratios names no FFN {unknown[0]!r} (FFNs: {', '.join(g.name for g in groups)})")
+    missing = [g.name for g in groups if g.name not in layer_ratios and g.layer_label not in layer_ratios]
+    if missing:
+        raise EdgefoldError(f"slice: layer_ratios gives no ratio for {', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''}: name every FFN, or use ratio")
+    return [layer_ratios.get(g.name, layer_ratios.get(g.layer_label)) for g in groups]
 
 
 @dataclass
@@ -262,9 +287,8 @@ class SlicePass(GraphPass):
         config: SliceConfig = self.config  # type: ignore[assignment]
         seed = context.seed if config.seed is None else config.seed
         groups = self._groups(model, context)
-        if config.ratios is not None and len(config.ratios) != len(groups):
-            raise EdgefoldError(f"slice: ratios has {len(config.ratios)} values but the model has {len(groups)} FFNs")
-        multiple = config.multiple or getattr(context.profile, "channel_multiple", None) or 8
+        explicit = _explicit_ratios(config.layer_ratios, groups)
+        multiple = config.channel_multiple or getattr(context.profile, "channel_multiple", None) or 8
         start = time.perf_counter()
         views = ffn_views(model, groups)
         if config.method == "activation":
@@ -295,8 +319,8 @@ class SlicePass(GraphPass):
         ffn_params_after = sum(k * v.hidden * (len(v.producers) + 1) for v, k in zip(views, kept))
         stats = {
             "method": config.method,
-            "allocation": "explicit" if config.ratios is not None else config.allocation,
-            "target_ratio": config.ratio if config.ratios is None else None,
+            "allocation": "explicit" if explicit is not None else config.allocation,
+            "target_ratio": config.ratio if explicit is None else None,
             "channels_before": before,
             "channels_after": after,
             "channel_ratio": round(1 - after / before, 6),
@@ -306,21 +330,22 @@ class SlicePass(GraphPass):
             "layers": layers,
             **policy_stats,
         }
-        self._report(stats, views, config, multiple)
+        self._report(stats, views, config, multiple, explicit)
         return PassOutcome(model, stats)
 
     @staticmethod
-    def _report(stats: dict, views: list[FfnView], config: SliceConfig, multiple: int) -> None:
+    def _report(stats: dict, views: list[FfnView], config: SliceConfig, multiple: int,
+                explicit: list[float] | None) -> None:
         """Channels removed, and a warning when rounding kept widths moved the ratio."""
         stats["removed"] = stats["channels_before"] - stats["channels_after"]
         widths = [v.channels for v in views]
         if stats["removed"] == 0:
             shown = ", ".join(str(w) for w in sorted(set(widths)))
-            asked = f"ratio {config.ratio:g}" if config.ratios is None else f"ratios {config.ratios}"
+            asked = f"ratio {config.ratio:g}" if explicit is None else f"layer_ratios {config.layer_ratios}"
             nothing_removed(stats, "slice", f"every FFN keeps all its channels (widths {shown}, {asked}, "
                                             f"kept widths are multiples of {multiple})")
             return
-        requested = config.ratio if config.ratios is None else float(np.dot(config.ratios, widths) / sum(widths))
+        requested = config.ratio if explicit is None else float(np.dot(explicit, widths) / sum(widths))
         warn_if_rounded("slice", requested, stats["channel_ratio"], "the FFN channels")
 
     # -- steps --------------------------------------------------------------------------
@@ -383,8 +408,9 @@ class SlicePass(GraphPass):
     def _kept_widths(self, views: list[FfnView], scores: list[np.ndarray], config: SliceConfig,
                      multiple: int) -> list[int]:
         widths = np.array([v.channels for v in views])
-        if config.ratios is not None:
-            ratios = np.asarray(config.ratios, dtype=np.float64)
+        explicit = _explicit_ratios(config.layer_ratios, [v.group for v in views])
+        if explicit is not None:
+            ratios = np.asarray(explicit, dtype=np.float64)
         elif config.allocation == "uniform" or config.ratio == 0:
             ratios = np.full(len(views), config.ratio)
         else:
@@ -400,7 +426,7 @@ class SlicePass(GraphPass):
         weights = np.power(np.clip(probe / probe.mean(), 1e-6, None), -config.sharpness) if probe.mean() > 0 \
             else np.ones(len(views))
         budget = config.ratio * widths.sum()
-        return water_fill(weights, widths, budget, feasible_cap(config.max_ratio, config.ratio))
+        return water_fill(weights, widths, budget, feasible_cap(config.max_layer_ratio, config.ratio))
 
 
 def _model_label(views: list[FfnView]) -> str:

@@ -54,6 +54,26 @@ class DeviceProfile(pydantic.BaseModel):
         return target
 
 
+def profile_figures(profile: DeviceProfile) -> dict[str, str]:
+    """The numbers that decide a deployment, for `edgefold targets`."""
+    target = profile.tvm_target
+    words = [str(target["kind"])] + [str(target[key]) for key in ("mtriple", "mcpu", "arch") if target.get(key)]
+    figures = {"target": " ".join(words),
+               "cores": str(profile.cores),
+               "DRAM": f"{profile.dram.size_gb:g} GB at {profile.dram.bandwidth_gbps:g} GB/s"}
+    if profile.dram.weight_budget_gb:
+        figures["weights budget"] = f"{profile.dram.weight_budget_gb:g} GB"
+    if profile.flash:
+        figures["flash"] = f"{profile.flash.bandwidth_gbps:g} GB/s"
+    if profile.peak_gflops:
+        figures["peak GFLOP/s"] = ", ".join(f"{k} {v:g}" for k, v in profile.peak_gflops.items())
+    figures["formats"] = ", ".join(profile.weight_formats)
+    figures["channel multiple"] = str(profile.channel_multiple)
+    figures["tuning trials"] = str(profile.tuning_trials)
+    figures["cross compiler"] = profile.cross_compiler or "host"
+    return figures
+
+
 def _search_dirs() -> list[Path]:
     extra = os.environ.get("EDGEFOLD_PROFILES")
     dirs = [Path(p) for p in extra.split(os.pathsep) if p] if extra else []

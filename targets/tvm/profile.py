@@ -26,6 +26,7 @@ import numpy as np
 
 from edgefold import progress
 from edgefold.errors import EdgefoldError
+from edgefold.targets.rpc_url import parse_rpc_url
 from edgefold.latency import summarize_ms, time_calls
 from edgefold.targets.tvm.references import References
 
@@ -112,16 +113,6 @@ def _profile_host(folder: Path, compiled: dict, references: References, repeats:
                                   "kernel_count": len(breakdown["kernels"]),
                                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     return {"target": "host", "library_kind": compiled["library_kind"], "shapes": shapes}
-
-
-def parse_rpc_url(url: str) -> tuple[str, int, str]:
-    """rpc://HOST:PORT/KEY -> (host, port, key)."""
-    rest = url.removeprefix("rpc://")
-    address, _, key = rest.partition("/")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not key:
-        raise EdgefoldError(f"bad RPC target {url!r}: use rpc://TRACKER_HOST:PORT/KEY (e.g. rpc://127.0.0.1:9190/phone)")
-    return host, int(port), key
 
 
 def _profile_rpc(folder: Path, compiled: dict, references: References, url: str, repeats: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from edgefold.errors import EdgefoldError
 from edgefold import interrupts
 from edgefold.interrupts import native_calls
 from edgefold.safe_names import safe_name
+from edgefold.targets.rpc_url import parse_rpc_url
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -166,17 +167,10 @@ class Measurement:
         if self.rpc is None:
             return ms.runner.LocalRunner(timeout_sec=self.timeout_s, evaluator_config=evaluator,
                                          initializer=partial(runner_worker_init, self.family))
-        host, port, key = parse_rpc(self.rpc)
+        host, port, key = parse_rpc_url(self.rpc)
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                      session_timeout_sec=int(self.timeout_s))
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
-
-
-def parse_rpc(spec: str) -> tuple[str, int, str]:
-    parts = spec.removeprefix("rpc://").replace("/", ":").split(":")
-    if len(parts) != 3 or not parts[1].isdigit():
-        raise EdgefoldError(f"bad --rpc {spec!r}: use TRACKER_HOST:PORT:KEY (e.g. 127.0.0.1:9190:phone)")
-    return parts[0], int(parts[1]), parts[2]
 
 
 def tune(mod, target, database: TuningDatabase, trials: int, measurement: Measurement,

@@ -149,7 +149,7 @@ def test_duplicated_conv_channels_fold_with_zero_error(conv, tmp_path, repair, m
         with pytest.raises(EdgefoldError, match="fold-ar"):
             create_pass("fold", {"merge": merge, "repair": repair})
         return
-    path, got, reference, stats = _fold(conv, tmp_path, f"{repair}-{merge}", ratio=0.0, ratios={"conv.0": 0.125},
+    path, got, reference, stats = _fold(conv, tmp_path, f"{repair}-{merge}", ratio=0.0, layer_ratios={"conv.0": 0.125},
                                         structures=["conv"], repair=repair, merge=merge)
     assert stats["groups"]["conv.0"] == [8, 7]
     np.testing.assert_allclose(got, reference, atol=1e-5)
@@ -169,7 +169,7 @@ def test_duplicated_heads_fold_with_zero_error(attention, tmp_path):
 # --- shrinking, baselines, determinism -------------------------------------------------------
 
 def test_residual_tie_is_folded_jointly_and_classifier_follows(conv, tmp_path):
-    path, _, _, stats = _fold(conv, tmp_path, "tie", ratio=0.0, ratios={"conv.2": 0.5}, structures=["conv"])
+    path, _, _, stats = _fold(conv, tmp_path, "tie", ratio=0.0, layer_ratios={"conv.2": 0.5}, structures=["conv"])
     widths = {g.name: g.out_channels for g in analyse(onnx_io.load(path)).conv_groups}
     assert widths["conv.2"] == widths["conv.3"] == 3  # both sides of the residual add
     fc = next(v for k, v in onnx_io.load(path).graph.initializers.items() if k.startswith("fc.weight"))
@@ -286,7 +286,7 @@ def test_bad_options_are_user_errors(ffn):
         create_pass("fold", {"method": "bogus"})
     model = onnx_io.load(ffn.path)
     with pytest.raises(EdgefoldError, match="no foldable"):
-        create_pass("fold", {"ratios": {"ffn.9": 0.5}}).run(model, PassContext(analysis=analyse(model)))
+        create_pass("fold", {"layer_ratios": {"ffn.9": 0.5}}).run(model, PassContext(analysis=analyse(model)))
     with pytest.raises(EdgefoldError, match="no foldable conv"):
         create_pass("fold", {"structures": ["conv"]}).run(model, PassContext(analysis=analyse(model)))
 

@@ -307,7 +307,7 @@ def test_fp8_needs_a_profile_that_has_it(tiny_lm, tmp_path):
 def test_matmul_nbits_for_onnxruntime(tiny_lm, tmp_path):
     (tmp_path / "std").mkdir(), (tmp_path / "ort").mkdir()
     standard, _ = _apply(tiny_lm, tmp_path / "std", {"format": "int4-g32-asym"})
-    ort, stats = _apply(tiny_lm, tmp_path / "ort", {"format": "int4-g32-asym", "target": "onnxruntime"})
+    ort, stats = _apply(tiny_lm, tmp_path / "ort", {"format": "int4-g32-asym", "emit": "onnxruntime"})
     ops = [n.op_type for n in onnx_io.load(ort).graph]
     assert ops.count("MatMulNBits") == 2  # w1, w2; the tied table stays DequantizeLinear
     np.testing.assert_allclose(_run(standard, LM_FEEDS), _run(ort, LM_FEEDS), rtol=1e-4, atol=1e-5)

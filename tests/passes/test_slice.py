@@ -112,7 +112,7 @@ def test_zero_ratio_is_exact(gated, tmp_path):
 @pytest.mark.parametrize("method", ["policy", "magnitude", "random"])
 def test_sliced_graph_is_valid_and_narrower(gated, tmp_path, method):
     inputs, reference = gated.reference_io()
-    options = {"ratio": 0.5, "method": method, "policy": str(tmp_path / "p.pt"), "episodes": 2, "multiple": 8}
+    options = {"ratio": 0.5, "method": method, "policy": str(tmp_path / "p.pt"), "episodes": 2, "channel_multiple": 8}
     path, stats, _ = _slice(gated, options, tmp_path / method)
     onnx_io.check(path)
     got = onnx_io.run(onnx_io.session(path), inputs)["y"]
@@ -176,14 +176,14 @@ def test_training_lowers_ks_and_policy_roundtrips(tmp_path):
 def test_explicit_ratios_profile_multiple_and_errors(gated, tmp_path):
     from edgefold.targets.profiles import load_profile
 
-    _, stats, _ = _slice(gated, {"ratios": [0.0, 0.5], "method": "magnitude"}, tmp_path / "e")
+    _, stats, _ = _slice(gated, {"layer_ratios": {"ffn.0": 0.0, "ffn.1": 0.5}, "method": "magnitude"}, tmp_path / "e")
     assert [layer["kept"] for layer in stats["layers"]] == [INNER, 32]
     profile = load_profile("mobile-arm64")  # channel_multiple 16
     _, stats, _ = _slice(gated, {"ratio": 0.3, "method": "random", "allocation": "uniform"}, tmp_path / "m",
                          profile=profile)
     assert stats["multiple"] == 16 and all(layer["kept"] % 16 == 0 for layer in stats["layers"])
-    with pytest.raises(EdgefoldError, match="ratios has 1 values"):
-        _slice(gated, {"ratios": [0.2]}, tmp_path / "x")
+    with pytest.raises(EdgefoldError, match="no ratio for ffn.1"):
+        _slice(gated, {"layer_ratios": {"ffn.0": 0.2}}, tmp_path / "x")
     with pytest.raises(EdgefoldError, match="bad options"):
         create_pass("slice", {"ratio": 1.5})
 

@@ -41,7 +41,7 @@ def _cleanup(rng):
 def _quantize(rng):
     options = _pick(rng, [{"format": "int8"}, {"format": "int4", "block": 32}, {"format": "int4-g32-sym"},
                           {"format": "fp16"}, {"format": "int8", "block": 0}, {"avg_bits": 4.5}, {"avg_bits": 6}])
-    return {**options, "min_elements": _pick(rng, [0, 16, 1024]), "target": _pick(rng, ["onnx", "onnxruntime"])}
+    return {**options, "min_elements": _pick(rng, [0, 16, 1024]), "emit": _pick(rng, ["onnx", "onnxruntime"])}
 
 
 def _fold(rng):
@@ -53,7 +53,7 @@ def _fold(rng):
 def _slice(rng):
     method = _pick(rng, ["magnitude", "random", "policy", "activation"])  # activation: needs a known task
     options = {"ratio": _pick(rng, [0.1, 0.2, 0.3, 0.5, 0.7]), "method": method,
-               "allocation": _pick(rng, ["uniform", "spectrum"]), "multiple": _pick(rng, [None, 1, 4])}
+               "allocation": _pick(rng, ["uniform", "spectrum"]), "channel_multiple": _pick(rng, [None, 1, 4])}
     if method == "policy":
         options["episodes"] = 2  # a policy per hidden size is trained: keep it short
     return options
