@@ -67,8 +67,8 @@ CONFIGS: dict[str, list[tuple[str, dict | None]]] = {
         ("mixed avg_bits=4.5, calibration", {"avg_bits": 4.5, "sensitivity": "calibration"}),
         ("mixed avg_bits=4.5 over linears, embedding int8", {"avg_bits": 4.5, "embedding": "int8"}),
         ("mixed avg_bits=6", {"avg_bits": 6.0}),
-        ("int4-g128-asym as MatMulNBits (target=onnxruntime), embedding int8",
-         {"format": "int4", "block": 128, "embedding": "int8", "target": "onnxruntime"}),
+        ("int4-g128-asym as MatMulNBits (emit=onnxruntime), embedding int8",
+         {"format": "int4", "block": 128, "embedding": "int8", "emit": "onnxruntime"}),
     ],
     "minilm-l6": [
         ("fp32", None),

@@ -154,7 +154,7 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     start = time.perf_counter()
     base_dir = base_dir or Path.cwd()
     profile = load_profile(resolve_relative(recipe.profile, base_dir) or recipe.profile)
-    passes = [create_pass(entry.name, entry.options) for entry in recipe.passes]  # validate before work
+    passes = [create_pass(entry.name, entry.options, base_dir) for entry in recipe.passes]  # validate before work
     check_latency_targets(recipe)
     out_dir = Path(output) if output else (base_dir / recipe.output if recipe.output else None)
     if out_dir is not None:
@@ -204,10 +204,12 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
                 inputs_sha256=inputs_hash,
             )
             write_json(staging / MANIFEST_FILE, manifest)
+            sample = None
             if recipe.compile.enabled:
-                manifest = compile_into(staging, manifest, recipe, base_dir, final=out_dir)
+                manifest = compile_into(staging, manifest, recipe, base_dir, final=out_dir, baseline_model=handle.path)
+                sample = generate_sample(staging, manifest)
             result = _finish(staging, manifest, recipe, handle, records=records, layers=layers, start=start,
-                             reused=False, report_dir=out_dir)
+                             reused=False, report_dir=out_dir, sample=sample)
     result.output = out_dir
     _print_metrics(f"compressed {handle.name}", final_metrics)
     progress.info(f"wrote {out_dir}/model.onnx and {MANIFEST_FILE} "
@@ -216,27 +218,49 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
 
 
 def compile_into(folder: Path, manifest: dict[str, Any], recipe: Recipe, base_dir: Path,
-                 final: Path | None = None) -> dict[str, Any]:
+                 final: Path | None = None, baseline_model: Path | None = None) -> dict[str, Any]:
     """TVM-compile the model in the (staging) build folder into that same folder; returns the
     build's manifest with its `compile` section."""
     from edgefold.recipe import resolve_relative
     from edgefold.targets.tvm.artifact import compile_into_folder
 
-    seqs = recipe.compile.seqs
-    if seqs is None and onnx_io.metadata(folder / "model.onnx").get("edgefold.task") == "causal-lm":
-        seqs = [1]  # decode only: an untuned prefill library costs minutes to check and time
+    # seqs None: LMs get decode and a 128-token prefill when the hand-scheduled LLM path takes
+    # them (seconds), decode only on the generic path (an untuned prefill costs minutes)
     return compile_into_folder(folder, manifest, resolve_relative(recipe.profile, base_dir) or recipe.profile,
-                               trials=recipe.compile.trials, seqs=seqs, kv_cache=recipe.compile.kv_cache,
-                               announce_as=final)
+                               trials=recipe.compile.trials, seqs=recipe.compile.seqs,
+                               kv_cache=recipe.compile.kv_cache, announce_as=final, baseline_model=baseline_model)
+
+
+def generate_sample(folder: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """One greedy line from a fixed prompt, when the build compiled an LLM for this machine."""
+    from edgefold.summary import SAMPLE_PROMPT, SAMPLE_TOKENS
+
+    compiled = manifest.get("compile") or {}
+    if compiled.get("library_kind") != "x86_64" or not any(e.get("kind") == "llm" for e in compiled["buckets"]):
+        return None
+    from edgefold.targets.tvm.llm.generate import generate_text
+
+    with progress.step(f"generate {SAMPLE_TOKENS} tokens from the artifact"):
+        result = generate_text(folder, SAMPLE_PROMPT, SAMPLE_TOKENS)
+    return {"prompt": SAMPLE_PROMPT, "text": result.text, "tokens": len(result.tokens),
+            "tokens_per_s": round(result.tokens_per_s, 1) if result.tokens_per_s else None}
 
 
 def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,
-            start: float, reused: bool, report_dir: Path | None = None) -> BuildResult:
+            start: float, reused: bool, report_dir: Path | None = None,
+            sample: dict[str, Any] | None = None) -> BuildResult:
     """Measure latency gates, check all gates, write the reports into `folder`."""
+    from edgefold.kernel_profile import llm_kernel_profile
+    from edgefold.summary import build_summary
+
     latency = measure_latency(folder / "model.onnx", handle, recipe)
+    kernels = llm_kernel_profile(folder, manifest)  # report.html's latency section
+    previous = _stored_report(folder) or {}
     if layers is None:  # reused build: keep the layer table of the earlier report
-        previous = folder / REPORT_FILE
-        layers = json.loads(previous.read_text()).get("layers", []) if previous.exists() else []
+        layers = previous.get("layers", [])
+    if sample is None and reused:
+        sample = previous.get("summary", {}).get("sample")
+    summary = build_summary(folder, manifest, shown_folder=report_dir or folder, sample=sample)
     gates = evaluate_gates(
         recipe.gates, artifact_bytes=manifest["final"]["file_bytes"], baseline=manifest["baseline"],
         final=manifest["final"]["metrics"],
@@ -244,7 +268,8 @@ def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: Mode
     )
     report = write_reports(folder, manifest=manifest, records=records, gates=[g.as_dict() for g in gates],
                            latency=latency, layers=layers, export_info=handle.info,
-                           seconds_total=time.perf_counter() - start, reused=reused)
+                           seconds_total=time.perf_counter() - start, reused=reused, summary=summary,
+                           kernels=kernels)
     for gate in gates:
         progress.info(("PASS " if gate.passed else "FAIL ") + gate.detail)
     return BuildResult(manifest, report, report_dir or folder, reused)

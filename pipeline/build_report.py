@@ -15,28 +15,40 @@ HTML_FILE = "report.html"
 
 
 def layer_sizes(before, after) -> list[dict[str, Any]]:
-    """Weighted layers of the original model with their bytes before and after (matched by name)."""
+    """Every weight of the original model once (a tied embedding/lm_head too) with the bytes it
+    takes in the final model: all the bytes that hold it there (packed codes, scales, zero points,
+    minimums), so bits per weight are those of the real result. Weights are matched by name or by
+    the node that reads them; a weight the passes added is listed after, with nothing before."""
     if before is None:
         return []
-    after_rows = {row.name: row for row in (after.layers if after is not None else [])}
+    finals = list(after.weights) if after is not None else []
+    by_key = {key: index for index, weight in reversed(list(enumerate(finals))) for key in weight.keys()}
+    used: set[int] = set()
     rows = []
-    for row in before.layers:
-        if not row.params:
-            continue
-        new = after_rows.get(row.name)
-        bytes_after = new.bytes if new is not None else 0
-        params_after = new.params if new is not None else 0
-        rows.append({"name": row.name, "kind": row.kind, "params_before": row.params, "params_after": params_after,
-                     "bytes_before": row.bytes, "bytes_after": bytes_after,
-                     "bits_after": 8.0 * bytes_after / params_after if params_after else 0.0})
+    for weight in before.weights:
+        index = next((by_key[k] for k in weight.keys() if k in by_key and by_key[k] not in used), None)
+        if index is not None:
+            used.add(index)
+        rows.append(_size_row(weight, finals[index] if index is not None else None))
+    rows += [_size_row(None, w) for i, w in enumerate(finals) if i not in used]
     return rows
+
+
+def _size_row(before, after) -> dict[str, Any]:
+    shown = after or before
+    return {"name": shown.name, "kind": shown.kind, "dtype": after.dtype if after else "",
+            "params_before": before.elements if before else 0, "params_after": after.elements if after else 0,
+            "bytes_before": before.bytes if before else 0, "bytes_after": after.bytes if after else 0,
+            "bits_after": round(after.bits, 4) if after else 0.0}
 
 
 def write_reports(folder: Path, *, manifest: dict[str, Any], records: list, gates: list[dict],
                   latency: dict[str, Any], layers: list[dict], export_info: dict[str, Any],
-                  seconds_total: float, reused: bool) -> dict[str, Any]:
+                  seconds_total: float, reused: bool, summary: dict[str, Any] | None = None,
+                  kernels: dict[str, Any] | None = None) -> dict[str, Any]:
     report = {
         "schema": REPORT_SCHEMA,
+        "summary": summary or {},
         "model": {"name": manifest["model"]["name"], "task": manifest["model"]["task"],
                   "params": manifest["model"]["params"], "file_bytes": manifest["model"]["file_bytes"]},
         "profile": manifest["profile"]["name"],
@@ -48,6 +60,7 @@ def write_reports(folder: Path, *, manifest: dict[str, Any], records: list, gate
         "gates": gates,
         "gates_passed": all(g["passed"] for g in gates),
         "latency": latency,
+        "kernels": kernels,  # per-kernel decode profile of the compiled LLM (kernel_profile.py), or None
         "export": {k: v for k, v in export_info.items() if k != "versions"},
         "reused": reused,
         "seconds_total": round(seconds_total, 2),

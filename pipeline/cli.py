@@ -39,6 +39,35 @@ def _at_least(minimum: int):
     return parse
 
 
+def _at_least_float(minimum: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} (got {text})")
+        return value
+    return parse
+
+
+def _probability(text: str) -> float:
+    value = _at_least_float(0.0)(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (got {text})")
+    return value
+
+
+def _rpc_url(text: str) -> str:
+    from edgefold.targets.rpc_url import parse_rpc_url
+
+    try:
+        parse_rpc_url(text)
+    except EdgefoldError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _cosine(text: str) -> float:
     try:
         value = float(text)
@@ -138,12 +167,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="tuning trials per shape (default: the profile's; 0 = no tuning)")
     p.add_argument("--kv-cache", type=int, default=256, metavar="N",
                    help="causal LMs: KV-cache slots of the decode library (default 256; 0 = decode without a cache)")
-    p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure tuning candidates on a device via a TVM RPC tracker")
+    p.add_argument("--rpc", type=_rpc_url, metavar="rpc://TRACKER:PORT/KEY",
+                   help="measure tuning candidates on a device via a TVM RPC tracker")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
     p.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
-    p = sub.add_parser("run", help="run a compiled artifact (host, or qemu-aarch64) and compare with onnxruntime")
-    p.add_argument("artifact", type=Path, help="artifact folder written by `edgefold compile`")
+    p = sub.add_parser("run", help="run a compiled artifact (host, or qemu-aarch64): compare with onnxruntime, "
+                                   "or generate text from a compiled LLM with --prompt")
+    p.add_argument("artifact", type=Path, help="artifact folder written by `edgefold compile` or `edgefold build`")
+    p.add_argument("--prompt", help="LLM artifacts: stream the continuation of this text (greedy unless --temperature)")
+    p.add_argument("--max-new-tokens", type=_at_least(1), default=32, metavar="N", help="tokens to generate (default 32)")
+    p.add_argument("--temperature", type=_at_least_float(0.0), default=0.0,
+                   help="sampling temperature (default 0: greedy, the deterministic choice)")
+    p.add_argument("--top-k", type=_at_least(0), default=0, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling: smallest set with this mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--count", type=_at_least(1), help="input sets per shape (default: 8 for decode, 1 otherwise)")
     p.add_argument("--repeats", type=_at_least(1), default=5, help="timed runs for the host latency")
     p.add_argument("--json", action="store_true")
@@ -233,6 +271,10 @@ def cmd_build(args) -> int:
     else:
         recipe, base = load_recipe(args.recipe)
     result = run_build(recipe, base_dir=base, output=args.output, reuse=not args.force, force=args.force)
+    if result.report.get("summary"):
+        from edgefold.summary import print_summary
+
+        print_summary(result.report["summary"])
     return 0 if result.gates_passed else 1
 
 
@@ -416,6 +458,12 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     from edgefold.targets.tvm import run_artifact
 
+    if args.prompt is not None:
+        return _generate(args)
+    sampling_flags = args.temperature or args.top_k or args.top_p != 1.0
+    if sampling_flags:
+        raise EdgefoldError("--temperature/--top-k/--top-p need --prompt")
+
     results = run_artifact(args.artifact, repeats=args.repeats, count=args.count)
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
@@ -433,24 +481,47 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from edgefold.targets.tvm.llm.generate import Sampling, generate_text
+
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    result = generate_text(args.artifact, args.prompt, args.max_new_tokens, sampling=sampling,
+                           on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    print()
+    speed = f", {result.tokens_per_s:.1f} tokens/s" if result.tokens_per_s else ""
+    prefill = f", prompt {result.prefill_ms:.0f} ms" if result.prefill_ms is not None else ""
+    print(f"[{len(result.tokens)} tokens on {result.where}{speed}{prefill}; "
+          f"{'greedy' if sampling.greedy else f'sampled (seed {sampling.seed})'}]", file=sys.stderr)
+    return 0
+
+
 def cmd_passes(args) -> int:
+    from edgefold.passes.options import option_docs
     from edgefold.passes.registry import available_passes
 
     for name, cls in available_passes().items():
-        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Config.model_fields.items())
-        print(f"{name:12s} {cls.summary}  [{fields}]")
+        print(f"{name}: {cls.summary}")
+        for doc in option_docs(cls.Config):
+            allowed = f"; allowed: {doc.allowed}" if doc.allowed else ""
+            print(f"  {doc.name} ({doc.type}, default {doc.default}{allowed})")
+            print(f"      {doc.description}")
+        print()
     return 0
 
 
 def cmd_targets(args) -> int:
-    from edgefold.targets.profiles import available_profiles, load_profile_file
+    from edgefold.targets.profiles import available_profiles, load_profile_file, profile_figures
 
     for name, path in available_profiles().items():
         try:
             profile = load_profile_file(path)
-            print(f"{name:22s} {profile.description}  (formats: {', '.join(profile.weight_formats)})")
         except EdgefoldError as exc:
-            print(f"{name:22s} INVALID: {exc}")
+            print(f"{name}: INVALID: {exc}")
+            continue
+        print(f"{name}: {profile.description}")
+        print("  " + "; ".join(f"{key} {value}" for key, value in profile_figures(profile).items()))
     return 0
 
 
@@ -478,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         except KeyboardInterrupt:
             return _interrupted(signal.SIGINT)
+        except BrokenPipeError:  # `edgefold passes | head`: the reader left, not a bug
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except Terminated:
             return _interrupted(signal.SIGTERM)
         except Exception:

@@ -109,9 +109,24 @@ def _search_into(recipe: Recipe, space: SearchSpace, *, base_dir: Path, staging:
 
     write_html(staging / "search.html", {"model": {"name": result.manifest["model"]["name"]},
                                          "profile": recipe.profile, "passes": [], "search": summary})
+    if best is not None:
+        _add_search_to_report(staging / "best", summary)
     write_json(staging / "manifest.json", folder_manifest(staging, command="search",
                                                           best=best["folder"] if best else None))
     return summary
+
+
+def _add_search_to_report(folder: Path, summary: dict[str, Any]) -> None:
+    """The chosen build's report also shows how it was chosen (the Pareto chart); report.json and
+    report.html are not among the hashed files of its manifest, so the folder stays intact."""
+    from edgefold.build_report import HTML_FILE, REPORT_FILE
+    from edgefold.manifest import write_json
+    from edgefold.report.html import write_html
+
+    report = json.loads((folder / REPORT_FILE).read_text())
+    report["search"] = summary
+    write_json(folder / REPORT_FILE, report)
+    write_html(folder / HTML_FILE, report)
 
 
 def _reference_inputs(recipe: Recipe, base_dir: Path):

@@ -39,6 +39,31 @@ def digits_handle():
 
 
 @pytest.fixture(scope="session")
+def tied_llama() -> Path:
+    """A 2-layer Llama with SmolLM2's vocabulary and tokenizer (random weights), its embedding tied
+    to the lm_head, exported to ONNX. The table is big enough (3.1M elements) that the exporter
+    keeps one initializer for both readers (one of at most 8192 elements is constant-folded into a
+    transposed copy), as in SmolLM2. The same model as test_llm_generate's: one export cache entry."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgefold.export import export_module
+    from edgefold.export.wrappers import CausalLMLogits
+    from edgefold.models.metadata import Task
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=True, rms_norm_eps=1e-5)
+    model = CausalLMLogits(LlamaForCausalLM(config).eval())
+    ids = torch.tensor([[5, 17, 99, 3, 64, 21, 7, 120]])
+    return export_module(model, {"input_ids": ids}, name="small-llama", task=Task.CAUSAL_LM,
+                         tokenizer="smollm2-135m", output_names=["logits"],
+                         dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
+                         check_inputs=[{"input_ids": ids.numpy()}]).path
+
+
+@pytest.fixture(scope="session")
 def smollm2_onnx(smollm2_handle) -> Path:
     return smollm2_handle.path
 

@@ -15,6 +15,7 @@ from edgefold.analysis.groups import (
     FfnGroup,
     LayerRow,
     LinearRef,
+    WeightStorage,
 )
 from edgefold.analysis.report import print_table
 
@@ -26,6 +27,7 @@ __all__ = [
     "FfnGroup",
     "LayerRow",
     "LinearRef",
+    "WeightStorage",
     "analyse",
     "print_table",
 ]

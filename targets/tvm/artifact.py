@@ -88,9 +88,10 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
 
 def compile_into_folder(folder: Path, source_manifest: dict[str, Any] | None, profile: str, *,
                         seqs: list[int] | None = None, trials: int | None = None, kv_cache: int | None = None,
-                        announce_as: Path | None = None) -> dict[str, Any]:
+                        announce_as: Path | None = None, baseline_model: Path | None = None) -> dict[str, Any]:
     """Compile `folder/model.onnx` into `folder` itself (a build's staging folder, which the
-    build commits); the build's manifest comes in as an object and goes out with `compile`."""
+    build commits); the build's manifest comes in as an object and goes out with `compile`.
+    `baseline_model`: the build's original model, which onnxruntime's timing runs."""
     from edgefold.targets.profiles import load_profile
 
     device = load_profile(profile)
@@ -99,12 +100,15 @@ def compile_into_folder(folder: Path, source_manifest: dict[str, Any] | None, pr
                if p.is_file() and p.name not in (*_MODEL_FILES, MANIFEST_FILE, STAGING_MARKER)}
     return _compile(folder, source_manifest, device, meta, seqs=seqs, shapes=None, trials=trials, rpc=None,
                     check=True, latency=True, reuse=True, kv_cache=kv_cache, carried=carried,
-                    announce_as=announce_as or folder)
+                    announce_as=announce_as or folder, generic_prefill=seqs is not None,
+                    baseline_model=baseline_model)
 
 
 def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, seqs, shapes, trials, rpc, check,
-             latency, reuse, kv_cache, carried: set[str], announce_as: Path) -> dict[str, Any]:
-    """The compile proper, into `staging` (which already holds model.onnx)."""
+             latency, reuse, kv_cache, carried: set[str], announce_as: Path,
+             generic_prefill: bool = True, baseline_model: Path | None = None) -> dict[str, Any]:
+    """The compile proper, into `staging` (which already holds model.onnx). `generic_prefill`
+    False: a causal LM the LLM path does not take compiles its decode library only."""
     from edgefold.targets.tvm.buckets import DEFAULT_KV_CACHE, plan_buckets
     from edgefold.targets.tvm.references import References
     from edgefold.targets.tvm.build import check_toolchain, library_kind
@@ -131,12 +135,14 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
         llm = None
         if not shapes and meta["task"] == "causal-lm":
             llm = _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency,
-                               reuse, model_digest, budget)
+                               reuse, model_digest, budget, baseline_model)
         if llm is not None:
             entries = llm.entries
             report["buckets"] = llm.timings
             report["path"] = "llm"
             buckets = []
+        elif not generic_prefill:
+            buckets = [b for b in buckets if b.label == "decode"] or buckets
         for bucket in buckets:
             key = _bucket_key(model_digest, bucket, device, target, budget, check)
             hit = build_cache.load(key) if reuse else None
@@ -172,7 +178,7 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
 
 
 def _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency, reuse,
-                 model_digest, budget: int):
+                 model_digest, budget: int, baseline_model: Path | None = None):
     """The hand-scheduled LLM libraries (`llm.compile`), or None when the model is not such a decoder."""
     from edgefold.targets.tvm.environment import tool_versions
     from edgefold.targets.tvm.llm.tuning import SELECTION_FILE
@@ -187,7 +193,8 @@ def _compile_llm(model_path, meta, device, target, kind, buckets, staging, refer
                                 profile=device.model_dump(mode="json"), target=str(target), budget=budget,
                                 records=database.folder / SELECTION_FILE, versions=tool_versions())
     return compile_llm(model_path, meta, device, target, kind, seqs, kv, staging, references, check=check,
-                       latency=latency, reuse=reuse, cache_key=key, budget=budget, database=database)
+                       latency=latency, reuse=reuse, cache_key=key, budget=budget, database=database,
+                       baseline_model=baseline_model)
 
 
 # ---------------------------------------------------------------- one bucket
@@ -472,7 +479,8 @@ def _print_summary(out_dir: Path, manifest: dict, report: dict) -> None:
                 parts.append(f"argmax agreement {100 * fidelity['argmax_agreement']:.1f}%")
         latency = timing.get("latency") or {}
         if latency:
-            parts.append(f"TVM {latency['tvm_ms']:.2f} ms vs onnxruntime {latency['onnxruntime_ms']:.2f} ms")
+            parts.append(f"TVM {latency['tvm_ms']:.2f} ms vs onnxruntime {latency['onnxruntime_ms']:.2f} ms "
+                         f"({latency.get('onnxruntime_model', 'compiled')} model)")
         print(", ".join(parts), flush=True)
     sizes = compiled["sizes"]
     progress.info(f"wrote {out_dir} ({compiled['library_kind']} library {sizes['library_bytes'] / 1e6:.2f} MB, "

@@ -51,28 +51,64 @@ def test_recipe_build_with_relative_paths(cli, tmp_path, digits_onnx):
     assert manifest["profile"]["name"] == "host"
 
 
-def test_default_build_on_smollm2(cli, tmp_path, smollm2_onnx, monkeypatch):
-    """The README's main job, with a shorter perplexity text to keep the suite quick."""
-    from edgefold import build
-    from edgefold.recipe import EvalSettings, Recipe
+def test_default_build_on_smollm2(cli, tmp_path, smollm2_onnx):
+    """The README's main job (a shorter perplexity text to keep the suite quick): the default
+    recipe compresses, compiles the fast kernels, checks them, and ends with a summary table
+    whose numbers are the manifest's and reports', and a line of text from the artifact."""
+    from edgefold.recipe import DEFAULT_PASSES, Recipe
+    from edgefold.summary import SAMPLE_PROMPT, summary_rows
 
-    recipe = Recipe(eval=EvalSettings(tokens=1024))
-    assert recipe.model is None and recipe.profile == "host" and [p.name for p in recipe.passes] == ["cleanup"]
-    manifest = build.run_build(recipe, output=tmp_path / "dist").manifest
-    assert manifest["model"]["name"] == "smollm2-135m"
-    ppl = manifest["final"]["metrics"]["perplexity"]
-    assert abs(ppl - manifest["baseline"]["perplexity"]) < 1e-3
-    assert 15 < ppl < 40
-    assert (tmp_path / "dist" / "model.onnx.data").stat().st_size > 500e6
-    # ... and ends in a host artifact that matches onnxruntime, timed beside it.
+    assert [p.name for p in Recipe().passes] == [p["name"] for p in DEFAULT_PASSES] == ["quantize"]
+    recipe = tmp_path / "default.toml"
+    recipe.write_text('output = "dist"\n[eval]\ntokens = 1024\n')  # everything else: the defaults
+    result = cli("build", recipe)
+    assert result.code == 0, result.err
+    dist = tmp_path / "dist"
+    manifest = json.loads((dist / "manifest.json").read_text())
+    report = json.loads((dist / "report.json").read_text())
+    timings = json.loads((dist / "compile-report.json").read_text())["buckets"]
+    summary = report["summary"]
+
+    # compressed: about 7x smaller at a small perplexity cost
+    before, after = manifest["model"]["file_bytes"], manifest["final"]["file_bytes"]
+    assert after < 0.16 * before
+    ppl_before, ppl_after = manifest["baseline"]["perplexity"], manifest["final"]["metrics"]["perplexity"]
+    assert 15 < ppl_before < 40 and abs(ppl_after / ppl_before - 1) < 0.05  # 1,024 tokens: can go either way
+    # compiled with the LLM kernels: decode and a 128-token prefill, both checked on real text
     compiled = manifest["compile"]
-    assert [b["label"] for b in compiled["buckets"]] == ["decode"] and compiled["buckets"][0]["kv_cache"] == 256
+    assert [b["label"] for b in compiled["buckets"]] == ["decode", "prefill128"]
     for bucket in compiled["buckets"]:
-        assert (tmp_path / "dist" / bucket["library"]).exists()
-        assert bucket["fidelity"]["argmax_agreement"] == 1.0
-    report = json.loads((tmp_path / "dist" / "compile-report.json").read_text())
-    assert report["buckets"]["decode"]["latency"]["tvm_ms"] > 0
-    assert report["buckets"]["decode"]["latency"]["onnxruntime_ms"] > 0
+        assert bucket["kind"] == "llm" and (dist / bucket["library"]).exists()
+        assert bucket["fidelity"]["argmax_agreement"] == 1.0 and bucket["fidelity"]["cosine"] > 0.99
+
+    # the summary is the manifest's and the compile report's numbers, nothing measured again
+    assert summary["size_bytes"] == {"before": before, "after": after}
+    assert summary["metric"] == {"name": "perplexity", "before": ppl_before, "after": ppl_after}
+    for key, label in (("decode", "decode"), ("prefill", "prefill128")):
+        latency = timings[label]["latency"]
+        assert summary[key]["edgefold_ms"] == latency["tvm_ms"] > 0
+        assert summary[key]["onnxruntime_ms"] == latency["onnxruntime_ms"] > 0
+        assert latency["onnxruntime_model"] == "original"  # onnxruntime ran the uncompressed export
+    assert {row["path"] for row in summary["files"]} >= {"model.onnx", "weights.bin", "lib/decode.so",
+                                                           "lib/prefill128.so", "manifest.json", "report.html"}
+    # ... and the printed table shows exactly those numbers
+    table = [line for line in result.out.splitlines() if "│" in line]  # the summary table's rows
+    for what, first, second, _ in summary_rows(summary):
+        assert any(what in line and first in line and second in line for line in table), (what, first, second)
+    assert f"{before / 1e6:.1f} MB" in result.out and f"{after / 1e6:.1f} MB" in result.out
+    assert f"{ppl_before:.2f}" in result.out and f"{ppl_after:.2f}" in result.out
+    assert f"{timings['decode']['latency']['tvm_ms']:.2f}" in result.out
+
+    # one line of text from the artifact (`edgefold run --prompt`: tests/targets/test_llm_generate.py)
+    sample = summary["sample"]
+    assert sample["prompt"] == SAMPLE_PROMPT and len(sample["text"].split()) >= 3
+    assert f"sample ({sample['tokens_per_s']:.0f} tokens/s): {SAMPLE_PROMPT}" in result.out
+
+    # a second run is reused in seconds and prints the same summary
+    again = cli("build", recipe)
+    assert again.code == 0 and "reused" in again.err
+    assert json.loads((dist / "report.json").read_text())["summary"]["decode"] == summary["decode"]
+    assert f"{timings['decode']['latency']['tvm_ms']:.2f}" in again.out
 
 
 def test_files_named_by_pass_options_are_build_inputs(tmp_path):

@@ -48,7 +48,12 @@ def test_search_cli_builds_each_point_and_picks_one(cli, tmp_path, digits_onnx):
     # fusing BatchNorm into the convs makes the file smaller at equal accuracy: it must win
     assert summary["best"]["setting"] == {"cleanup.fuse_batchnorm": True}
     assert (tmp_path / "out" / "best" / "manifest.json").exists()
-    assert 'class="plot"' in (tmp_path / "out" / "search.html").read_text()
+    # the Pareto chart: on the search's page, and in the chosen build's own report
+    for page in (tmp_path / "out" / "search.html", tmp_path / "out" / "best" / "report.html"):
+        text = page.read_text()
+        search = text[text.index('<section id="search">'):]
+        assert 'alt="file_mb vs accuracy: configurations tried and the Pareto front"' in search, page
+    assert json.loads((tmp_path / "out" / "best" / "report.json").read_text())["search"]["best"] == summary["best"]
 
 
 def test_search_without_table_is_a_clear_error(cli, tmp_path):

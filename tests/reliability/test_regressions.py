@@ -83,7 +83,7 @@ def _weights(path):
     ("conv", "quantize:format=int8,min_elements=0"),
     ("swiglu", "fold:ratio=0.3"),
     ("swiglu", "dip:sparsity=0.5"),
-    ("mlp", "slice:ratio=0.5,method=magnitude,multiple=1"),
+    ("mlp", "slice:ratio=0.5,method=magnitude,channel_multiple=1"),
 ])
 def test_unnamed_graph_is_compressed_exactly_like_its_named_twin(cli, tmp_path, kind, pass_spec):
     spec = GraphSpec(kind=kind, seed=4, width=16, inner=24, layers=2, named=True, depthwise=True, bias=True)

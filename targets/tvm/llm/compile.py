@@ -34,8 +34,11 @@ class LlmResult:
 
 def compile_llm(model_path: Path, meta: dict, device, target, kind: str, seqs: list[int], kv_cache: int,
                 staging: Path, references, *, check: bool, latency: bool, reuse: bool, cache_key: str,
-                budget: int = 0, database=None) -> LlmResult | None:
-    """Build the LLM libraries into `staging`; None when the model is not a decoder this path takes."""
+                budget: int = 0, database=None, baseline_model: Path | None = None) -> LlmResult | None:
+    """Build the LLM libraries into `staging`; None when the model is not a decoder this path takes.
+
+    `baseline_model`: the model before compression (a build's original); onnxruntime is timed on
+    it, the comparison a user makes (else on the compiled model itself)."""
     from edgefold.targets.tvm import build_cache
     from edgefold.targets.tvm.kernels.isa import isa_for
 
@@ -62,7 +65,7 @@ def compile_llm(model_path: Path, meta: dict, device, target, kind: str, seqs: l
         files = {name: staging / name for e in result.entries for name in (e["library"], e["weights"])}
         build_cache.store(cache_key, {"llm_entries": result.entries}, files)
     if check and latency and kind == "x86_64":
-        _measure(result, staging, references, kv_cache)
+        _measure(result, staging, references, kv_cache, baseline_model)
     return result
 
 
@@ -153,24 +156,38 @@ def _check(result: LlmResult, staging: Path, meta: dict, references, kv_cache: i
         progress.info(f"    {entry['label']}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry["fidelity"].items()))
 
 
-def _measure(result: LlmResult, staging: Path, references, kv_cache: int) -> None:
-    """The libraries' latency beside onnxruntime's on the same graph and context."""
+def _measure(result: LlmResult, staging: Path, references, kv_cache: int, baseline_model: Path | None) -> None:
+    """The libraries' latency beside onnxruntime's at the same context: onnxruntime runs the
+    original model when there is one (what the user would otherwise ship), else this one."""
     import statistics
 
     from edgefold.targets.tvm.llm.session import LlmSession
+    from edgefold.targets.tvm.references import References
 
     session = LlmSession(staging, result.entries)
+    timed = {}
     for entry in result.entries:
-        timing = result.timings.setdefault(entry["label"], {})
         if entry["function"] == "decode":
             context = min(LATENCY_CONTEXT, kv_cache - 17)
-            ms = session.decode_latency_ms(context, steps=16)
-            timing["latency"] = {"tvm_ms": round(statistics.median(ms), 3), "context": context,
-                                 "onnxruntime_ms": round(_onnxruntime_decode_ms(references, kv_cache, context), 3)}
+            timed[entry["label"]] = (session.decode_latency_ms(context, steps=16), context)
         else:
-            ms = session.prefill_latency_ms(entry["tokens"])
-            timing["latency"] = {"tvm_ms": round(statistics.median(ms), 3),
-                                 "onnxruntime_ms": round(_onnxruntime_prefill_ms(references, entry["tokens"]), 3)}
+            timed[entry["label"]] = (session.prefill_latency_ms(entry["tokens"]), None)
+    del session  # its weights leave memory before onnxruntime loads a second model
+    ort = references
+    if baseline_model is not None and Path(baseline_model).resolve() != Path(references.model_path).resolve():
+        ort = References(baseline_model, references.workdir / "baseline")
+    which = "original" if ort is not references else "compiled"
+    with progress.step(f"time onnxruntime on the {which} model"):
+        for entry in result.entries:
+            ms, context = timed[entry["label"]]
+            timing = result.timings.setdefault(entry["label"], {})
+            if entry["function"] == "decode":
+                reference_ms = _onnxruntime_decode_ms(ort, kv_cache, context)
+                timing["latency"] = {"tvm_ms": round(statistics.median(ms), 3), "context": context}
+            else:
+                reference_ms = _onnxruntime_prefill_ms(ort, entry["tokens"])
+                timing["latency"] = {"tvm_ms": round(statistics.median(ms), 3), "tokens": entry["tokens"]}
+            timing["latency"].update(onnxruntime_ms=round(reference_ms, 3), onnxruntime_model=which)
 
 
 def _onnxruntime_decode_ms(references, kv_cache: int, context: int, repeats: int = 8) -> float:

@@ -80,7 +80,9 @@ class LlmSession:
             raise EdgefoldError(f"{len(tokens)} prompt tokens do not fit the {self.slots}-slot KV cache")
         if not tokens:
             raise EdgefoldError("an empty prompt")
-        if not self.prefill_fns:
+        # A short prompt costs less as decode steps than as a whole padded prefill bucket
+        # (128-token prefill ~ 25 decode steps on a 2-core CPU).
+        if not self.prefill_fns or len(tokens) < max(self.prefill_fns) // 8:
             for token in tokens:
                 logits = self.decode(token)
             return logits

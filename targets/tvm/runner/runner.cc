@@ -228,10 +228,12 @@ static int RunLlm(int argc, char** argv) {
   }
   std::vector<double> ms;
   std::printf("generated");
+  std::fflush(stdout);
   for (int i = 0; i < generate && position < cache_len[0]; ++i) {
     const float* p = static_cast<const float*>(logits.data_ptr());
     int64_t next = std::max_element(p, p + logits.numel()) - p;
     std::printf(" %lld", static_cast<long long>(next));
+    std::fflush(stdout);  // a caller streams the text as the ids come
     auto start = std::chrono::steady_clock::now();
     logits = decode(Int64Tensor({next}, {1, 1}), Int64Tensor({position}, {1}), cache, blob).cast<ffi::Tensor>();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
