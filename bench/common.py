@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,7 +81,9 @@ def print_table(title: str, rows: list[Row]) -> None:
                       f"{row.params:,}" if row.params is not None else "",
                       f"{row.file_bytes / 1e6:.1f}" if row.file_bytes is not None else "",
                       f"{row.seconds:.2f}" if row.seconds is not None else "")
-    Console().print(table)
+    # A log file or pipe gets the whole row on one line, not rich's 80-column wrap.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(table)
 
 
 def apply_pass(source: Path, name: str, options: dict, out: Path):
