@@ -35,9 +35,12 @@ def model_hash(model_files: list[Path]) -> str:
     return _model_hash(tuple(model_files), stamp)
 
 
-def code_hash() -> str:
-    folder = Path(__file__).parent
-    return sha256_files(sorted(folder.glob("*.py")) + sorted((folder / "runner").glob("*.cc")))
+def code_hash(folder: Path | None = None) -> str:
+    """Every source file of the compile stage, subpackages included (the LLM kernels live in
+    kernels/ and llm/: a changed kernel must never be served from an older build)."""
+    folder = Path(__file__).parent if folder is None else folder
+    files = sorted(p for p in folder.rglob("*") if p.suffix in {".py", ".cc", ".sh"} and "__pycache__" not in p.parts)
+    return sha256_files(files, root=folder)
 
 
 def file_digest(path: Path) -> str:

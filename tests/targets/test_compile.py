@@ -215,3 +215,22 @@ def test_weight_file_round_trip(tmp_path):
     with pytest.raises(EdgefoldError, match="truncated"):
         read_weights(tmp_path / "cut.bin")
 
+
+
+def test_build_cache_key_covers_the_kernel_subpackages(tmp_path):
+    # A finished build is reused only while the compile code is unchanged; the LLM kernels
+    # live in subpackages (kernels/, llm/), so an edit there must change the key too.
+    from edgefold.targets.tvm.build_cache import code_hash
+
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "artifact.py").write_text("A = 1\n")
+    kernel = tmp_path / "kernels" / "gemm.py"
+    kernel.write_text("TILE = 4\n")
+    before = code_hash(tmp_path)
+    kernel.write_text("TILE = 8\n")
+    edited = code_hash(tmp_path)
+    assert edited != before
+    (tmp_path / "kernels" / "__pycache__").mkdir()
+    (tmp_path / "kernels" / "__pycache__" / "gemm.cpython-311.pyc").write_bytes(b"\0")
+    assert code_hash(tmp_path) == edited  # bytecode is not source
+    assert len(code_hash()) == 64

@@ -27,25 +27,37 @@ from edgefold.targets.tvm.kernels.gemv import SCHEDULED
 from edgefold.targets.tvm.kernels.isa import Isa
 
 
+def score_unroll(lanes: int, slots: int) -> int:
+    """Slot vectors scored at once: independent FMA chains (one chain is latency-bound), as many
+    as divide the cache so the last group never reads past it."""
+    return next(u for u in (4, 2, 1) if (slots // lanes) % u == 0)
+
+
 def _row_macros(L: int, D: int, S: int, SCALE: float):
     """The two halves of one query's attention, vectorized over slots and over the head dimension.
 
     softmax_row: scores[row, j] = softmax_j(scale * q . K[:, j]) for j <= last, 0 for the rest of
-    the last vector; context_row: out[base:base+D] = sum_j scores[row, j] * V[j, :]."""
+    the last vector; context_row: out[base:base+D] = sum_j scores[row, j] * V[j, :].
+    `lanes` holds score_unroll(L, S) vectors."""
     DV = D // L
+    U = score_unroll(L, S)
 
     @T.macro
     def softmax_row(q, qrow, Kc, kv, scores, row, last, acc, lanes):
         chunks = (last + L) // L
-        for jc in range(chunks):
-            for i in T.vectorized(L):
-                lanes[i] = T.float32(0)
-            for d in range(D):
+        for jg in range((chunks + U - 1) // U):  # U slot vectors per pass over q (slots past `last`: -inf)
+            for u in T.unroll(U):
                 for i in T.vectorized(L):
-                    lanes[i] = lanes[i] + q[qrow, d] * Kc[kv, d, jc * L + i]
-            for i in T.vectorized(L):
-                scores[row, jc * L + i] = T.Select(jc * L + i <= last, lanes[i] * T.float32(SCALE),
-                                                   T.float32(-3.0e38))
+                    lanes[u * L + i] = T.float32(0)
+            for d in range(D):
+                for u in T.unroll(U):
+                    for i in T.vectorized(L):
+                        lanes[u * L + i] = lanes[u * L + i] + q[qrow, d] * Kc[kv, d, (jg * U + u) * L + i]
+            for u in T.unroll(U):
+                for i in T.vectorized(L):
+                    scores[row, (jg * U + u) * L + i] = T.Select((jg * U + u) * L + i <= last,
+                                                                 lanes[u * L + i] * T.float32(SCALE),
+                                                                 T.float32(-3.0e38))
         for i in T.vectorized(L):
             lanes[i] = T.float32(-3.0e38)
         for jc in range(chunks):
@@ -127,6 +139,7 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
 
     NT = max(1, min(spec.isa.cores, H))
     HPER = -(-H // NT)
+    LB = score_unroll(L, S) * L  # softmax_row's score vectors
     softmax_row, context_row = _row_macros(L, D, S, SCALE)
 
     @T.prim_func
@@ -152,7 +165,7 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
                 Vc[h, pos, i] = qkv[H * D + HKV * D + h * D + i]
         for c in T.parallel(NT):  # a contiguous run of heads per thread
             acc = T.alloc_buffer((D,), "float32", scope="local")
-            lanes = T.alloc_buffer((L,), "float32", scope="local")
+            lanes = T.alloc_buffer((LB,), "float32", scope="local")
             for hh in range(HPER):
                 if c * HPER + hh < H:
                     if ROPE:
@@ -212,6 +225,7 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
 
     NT = max(1, min(spec.isa.cores, H * CH))
     TPER = -(-(H * CH) // NT)
+    LB = score_unroll(L, S) * L  # softmax_row's score vectors
     softmax_row, context_row = _row_macros(L, D, S, SCALE)
 
     @T.macro
@@ -251,7 +265,7 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
                     Vc[h, p0 + t, i] = qkv[t * QW + H * D + HKV * D + h * D + i]
         for c in T.parallel(NT):  # (head, chunk of tokens) tasks, a contiguous run per thread
             acc = T.alloc_buffer((D,), "float32", scope="local")
-            lanes = T.alloc_buffer((L,), "float32", scope="local")
+            lanes = T.alloc_buffer((LB,), "float32", scope="local")
             for tk in range(TPER):
                 if c * TPER + tk < H * CH:
                     for tt in range(TC):

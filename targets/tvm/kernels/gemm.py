@@ -53,7 +53,9 @@ class GemmSpec:
         """Tokens per register tile: what the isa's vector registers hold with the accumulators."""
         if isinstance(self.fmt, FloatFormat) or not self.uses_int_dot:
             return 8 if self.isa.lanes == 16 else 4
-        return 4 if self.isa.lanes == 16 else 2
+        # int dot: 3 x MR x ROWS/lanes registers (int and float block sums, totals); 8 tokens
+        # keep 8 independent dot-product chains in flight on AVX-512
+        return 8 if self.isa.lanes == 16 else 2
 
 
 def build_gemm(spec: GemmSpec) -> tvm.tirx.PrimFunc:
@@ -141,8 +143,7 @@ def _int_gemm(spec: GemmSpec):
         for c in T.parallel(NT):  # one contiguous chunk of groups per thread
             accf = T.alloc_buffer((ACC,), "float32", scope="local")
             blockf = T.alloc_buffer((ACC,), "float32", scope="local")
-            lo = T.alloc_buffer((ACC,), "int32", scope="local")
-            hi = T.alloc_buffer((ACC,), "int32", scope="local")
+            ia = T.alloc_buffer((ACC,), "int32", scope="local")  # int dot products of one activation block
             tot = T.alloc_buffer((1,), "float32", scope="local")
             for gi in range(GPER):
                 if c * GPER + gi < G:
@@ -160,8 +161,7 @@ def _int_gemm(spec: GemmSpec):
                                 if a < ABLK:
                                     for r in T.unroll(MR):
                                         for j in T.unroll(SUB):
-                                            lo[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
-                                            hi[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
+                                            ia[T.ramp(r * ROWS + j * L, 1, L)] = T.broadcast(T.int32(0), L)
                                     for t in T.unroll(WPA):
                                         for j in T.unroll(SUB):
                                             word = W[g, a * WPA + t, T.ramp(j * L, 1, L)]
@@ -170,26 +170,19 @@ def _int_gemm(spec: GemmSpec):
                                                 high = T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(4), L)),
                                                                      T.broadcast(T.int32(0x0F0F0F0F), L))
                                                 for r in T.unroll(MR):
-                                                    lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                        isa, lo[T.ramp(r * ROWS + j * L, 1, L)], low,
-                                                        T.broadcast(xw[mt * MR + r, a * 8 + t * 2], L))
-                                                    hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                        isa, hi[T.ramp(r * ROWS + j * L, 1, L)], high,
-                                                        T.broadcast(xw[mt * MR + r, a * 8 + t * 2 + 1], L))
+                                                    ia[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                        isa, _dot(isa, ia[T.ramp(r * ROWS + j * L, 1, L)], low,
+                                                                  T.broadcast(xw[mt * MR + r, a * 8 + t * 2], L)),
+                                                        high, T.broadcast(xw[mt * MR + r, a * 8 + t * 2 + 1], L))
                                             else:
                                                 for r in T.unroll(MR):
-                                                    if t % 2 == 0:
-                                                        lo[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                            isa, lo[T.ramp(r * ROWS + j * L, 1, L)], word,
-                                                            T.broadcast(xw[mt * MR + r, a * 8 + t], L))
-                                                    else:
-                                                        hi[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                            isa, hi[T.ramp(r * ROWS + j * L, 1, L)], word,
-                                                            T.broadcast(xw[mt * MR + r, a * 8 + t], L))
+                                                    ia[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                        isa, ia[T.ramp(r * ROWS + j * L, 1, L)], word,
+                                                        T.broadcast(xw[mt * MR + r, a * 8 + t], L))
                                     for r in T.unroll(MR):
                                         for j in T.unroll(SUB):
                                             blockf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)] \
-                                                + T.Cast(fvec, lo[T.ramp(r * ROWS + j * L, 1, L)] + hi[T.ramp(r * ROWS + j * L, 1, L)]) \
+                                                + T.Cast(fvec, ia[T.ramp(r * ROWS + j * L, 1, L)]) \
                                                 * T.broadcast(xs[mt * MR + r, a], L)
                             for j in T.unroll(SUB):
                                 scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
