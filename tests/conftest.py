@@ -38,12 +38,9 @@ def digits_handle():
     return _export("digits-cnn")
 
 
-@pytest.fixture(scope="session")
-def tied_llama() -> Path:
-    """A 2-layer Llama with SmolLM2's vocabulary and tokenizer (random weights), its embedding tied
-    to the lm_head, exported to ONNX. The table is big enough (3.1M elements) that the exporter
-    keeps one initializer for both readers (one of at most 8192 elements is constant-folded into a
-    transposed copy), as in SmolLM2. The same model as test_llm_generate's: one export cache entry."""
+def export_small_llama(name: str, vocab_size: int, intermediate_size: int, tokenizer: str | None = None) -> Path:
+    """A 2-layer GQA Llama (hidden 64, 4 heads over 2 kv heads, tied embedding, random weights,
+    seed 0), exported to ONNX through the export cache."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -52,15 +49,28 @@ def tied_llama() -> Path:
     from edgefold.models.metadata import Task
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, rms_norm_eps=1e-5)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=intermediate_size,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, tie_word_embeddings=True, rms_norm_eps=1e-5)
     model = CausalLMLogits(LlamaForCausalLM(config).eval())
     ids = torch.tensor([[5, 17, 99, 3, 64, 21, 7, 120]])
-    return export_module(model, {"input_ids": ids}, name="small-llama", task=Task.CAUSAL_LM,
-                         tokenizer="smollm2-135m", output_names=["logits"],
-                         dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
+    return export_module(model, {"input_ids": ids}, name=name, task=Task.CAUSAL_LM, tokenizer=tokenizer,
+                         output_names=["logits"], dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
                          check_inputs=[{"input_ids": ids.numpy()}]).path
+
+
+@pytest.fixture(scope="session")
+def tied_llama() -> Path:
+    """SmolLM2's vocabulary and tokenizer on the small Llama. The table is big enough (3.1M
+    elements) that the exporter keeps one initializer for both readers of the tied embedding (one
+    of at most 8192 elements is constant-folded into a transposed copy), as in SmolLM2."""
+    return export_small_llama("small-llama", 49152, 96, tokenizer="smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> Path:
+    """The small Llama with a 128-token vocabulary and no tokenizer: quick to compile."""
+    return export_small_llama("tiny-llama", 128, 80)
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,18 @@ overhead (allocation, argument passing).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
+from typing import Iterator
 
 import numpy as np
 
 
-def kernel_profile(library, feeds: dict[str, np.ndarray], repeats: int = 3) -> dict:
-    """{"total_ms", "kernels": [{"name", "ms", "calls", "share"}] sorted by time} per call."""
+@contextlib.contextmanager
+def kernel_timer(vm) -> Iterator[tuple[dict[str, float], dict[str, int]]]:
+    """While active, sums each kernel's wall seconds and counts its calls on this VM:
+    yields (seconds by kernel, calls by kernel), filled as the VM runs."""
     import tvm
 
     totals: dict[str, float] = defaultdict(float)
@@ -28,19 +32,27 @@ def kernel_profile(library, feeds: dict[str, np.ndarray], repeats: int = 3) -> d
         else:
             totals[symbol] += time.perf_counter() - started.pop()
             calls[symbol] += 1
-        return 0  # VMInstrumentReturnKind.NO_OP
+        return 0  # VMInstrumentReturnKind.NO_OP: let the call run
+
+    vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
+    try:
+        yield totals, calls
+    finally:
+        vm.set_instrument(None)
+
+
+def kernel_profile(library, feeds: dict[str, np.ndarray], repeats: int = 3) -> dict:
+    """{"total_ms", "kernels": [{"name", "ms", "calls", "share"}] sorted by time} per call."""
+    import tvm
 
     args = [tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in library.input_names]
     main = library.vm["main"]
     main(*args, *library.weights)  # warm-up, uninstrumented
-    library.vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
-    try:
+    with kernel_timer(library.vm) as (totals, calls):
         start = time.perf_counter()
         for _ in range(repeats):
             main(*args, *library.weights)
         total = (time.perf_counter() - start) / repeats
-    finally:
-        library.vm.set_instrument(None)
     kernels = [{"name": name, "ms": 1e3 * seconds / repeats, "calls": calls[name] // repeats}
                for name, seconds in totals.items()]
     kernels.sort(key=lambda k: -k["ms"])

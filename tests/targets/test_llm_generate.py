@@ -15,29 +15,6 @@ PROMPT = "The three largest cities in Germany are"
 NEW_TOKENS = 8
 
 
-@pytest.fixture(scope="module")
-def small_llama(tmp_path_factory):
-    """A 2-layer Llama with SmolLM2's vocabulary and tokenizer (random weights), exported to ONNX."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from edgefold.export import export_module
-    from edgefold.export.wrappers import CausalLMLogits
-    from edgefold.models.metadata import Task
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, rms_norm_eps=1e-5)
-    model = CausalLMLogits(LlamaForCausalLM(config).eval())
-    ids = torch.tensor([[5, 17, 99, 3, 64, 21, 7, 120]])
-    handle = export_module(model, {"input_ids": ids}, name="small-llama", task=Task.CAUSAL_LM,
-                           tokenizer="smollm2-135m", output_names=["logits"],
-                           dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
-                           check_inputs=[{"input_ids": ids.numpy()}])
-    return handle.path
-
-
 def _onnxruntime_greedy(model_path, prompt_ids, steps):
     import onnxruntime as ort
 
@@ -49,15 +26,15 @@ def _onnxruntime_greedy(model_path, prompt_ids, steps):
     return ids[len(prompt_ids):]
 
 
-def test_host_and_qemu_generate_onnxruntimes_greedy_text(small_llama, tmp_path, cli):
+def test_host_and_qemu_generate_onnxruntimes_greedy_text(tied_llama, tmp_path, cli):
     from edgefold.models.metadata import load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
     prompt_ids = tokenizer(PROMPT)["input_ids"]
-    want = tokenizer.decode(_onnxruntime_greedy(small_llama, prompt_ids, NEW_TOKENS), skip_special_tokens=True)
+    want = tokenizer.decode(_onnxruntime_greedy(tied_llama, prompt_ids, NEW_TOKENS), skip_special_tokens=True)
 
     host = tmp_path / "host"
-    assert cli("compile", small_llama, "--profile", "host", "--seq", "1", "--kv-cache", "64",
+    assert cli("compile", tied_llama, "--profile", "host", "--seq", "1", "--kv-cache", "64",
                "-o", host).code == 0
     run = cli("run", host, "--prompt", PROMPT, "--max-new-tokens", NEW_TOKENS)
     assert run.code == 0, run.err
@@ -67,7 +44,7 @@ def test_host_and_qemu_generate_onnxruntimes_greedy_text(small_llama, tmp_path, 
     if shutil.which("qemu-aarch64-static") is None or shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("qemu-aarch64-static or aarch64-linux-gnu-g++ missing (.ci/run installs both)")
     phone = tmp_path / "phone"
-    compiled = cli("compile", small_llama, "--profile", "mobile-arm64", "--seq", "1", "--kv-cache", "64",
+    compiled = cli("compile", tied_llama, "--profile", "mobile-arm64", "--seq", "1", "--kv-cache", "64",
                    "-o", phone)
     assert compiled.code == 0, compiled.err
     assert json.loads((phone / "manifest.json").read_text())["compile"]["library_kind"] == "aarch64"

@@ -13,28 +13,6 @@ tvm = pytest.importorskip("tvm")
 sys.path.insert(0, str(Path(__file__).parent))  # test_kernels' weight builders
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A 2-layer GQA Llama (hidden 64, 4 heads over 2 kv heads, vocab 128), exported to ONNX."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from edgefold.export import export_module
-    from edgefold.export.wrappers import CausalLMLogits
-    from edgefold.models.metadata import Task
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, rms_norm_eps=1e-5)
-    model = CausalLMLogits(LlamaForCausalLM(config).eval())
-    ids = torch.tensor([[5, 17, 99, 3, 64, 21, 7, 120]])
-    handle = export_module(model, {"input_ids": ids}, name="tiny-llama", task=Task.CAUSAL_LM,
-                           output_names=["logits"], dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
-                           check_inputs=[{"input_ids": ids.numpy()}])
-    return handle.path
-
-
 def _quantized(source, folder, spec):
     from edgefold.cli import main
 

@@ -120,15 +120,10 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
     L = spec.isa.lanes
     H, HKV, D, S = spec.heads, spec.kv_heads, spec.head_dim, spec.slots
     GROUP, HALF = H // HKV, D // 2
-    DV = D // L  # vectors per head dimension row (D is a multiple of the lanes)
     QKV, CACHE, SCALE, ROPE = spec.qkv_len, spec.cache_len, spec.scale, spec.rope
     CTX = spec.ctx_len or H * D
-    fvec = f"float32x{L}"
     if S % L or D % L:
         raise ValueError(f"slots {S} and head_dim {D} must be multiples of {L}")
-
-    def bf(v):
-        return T.broadcast(T.float32(v), L)
 
     @T.macro
     def rope_into(src, base, rope, out, row):
@@ -210,7 +205,6 @@ def build_attention_prefill(spec: PrefillAttentionSpec) -> tvm.tirx.PrimFunc:
     H, HKV, D, S, M = spec.heads, spec.kv_heads, spec.head_dim, spec.slots, spec.tokens
     GROUP, HALF, TC = H // HKV, D // 2, spec.chunk
     CH = -(-M // TC)
-    DV = D // L
     QW = spec.qkv_width or (H + 2 * HKV) * D
     CW = spec.context_width or H * D
     CACHE, SCALE, ROPE = spec.cache_len, spec.scale, spec.rope

@@ -20,6 +20,7 @@ from edgefold.targets.tvm.kernels import act
 from edgefold.targets.tvm.kernels.gemv import SCHEDULED, STORAGE_DTYPES, _dot, fp8_to_f32
 from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
+from edgefold.targets.tvm.kernels.weight_element import block_offset, side_value
 
 
 @dataclass(frozen=True)
@@ -90,19 +91,13 @@ def _int_gemm(spec: GemmSpec):
     prologue = _row_prologue(spec, KP)
     quantize = act.quantize_macro(KP, L)
     sdt, mdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32")
-    ivec, fvec = f"int32x{L}", f"float32x{L}"
+    fvec = f"float32x{L}"
     SW, OW, norm_prologue = spec.src_width, spec.out_width, spec.prologue == "norm"
     has_bias, accumulate, four_bit = spec.bias, spec.accumulate, fmt.bits == 4
     ACC = MR * ROWS
 
     def bf(v):
         return T.broadcast(T.float32(v), L)
-
-    def side(buf, step, zero, g, b, j, storage):
-        if storage == "u8":
-            codes = T.Cast(fvec, T.Cast(ivec, buf[g, b, T.ramp(j * L, 1, L)]))
-            return (codes - zero[g, T.ramp(j * L, 1, L)]) * step[g, T.ramp(j * L, 1, L)]
-        return T.Cast(fvec, buf[g, b, T.ramp(j * L, 1, L)])
 
     @T.prim_func
     def gemm(src: T.Buffer((M * SW,), "float32"), blob_h: T.handle, src_off: T.int64, y_off: T.int64,
@@ -185,13 +180,8 @@ def _int_gemm(spec: GemmSpec):
                                                 + T.Cast(fvec, ia[T.ramp(r * ROWS + j * L, 1, L)]) \
                                                 * T.broadcast(xs[mt * MR + r, a], L)
                             for j in T.unroll(SUB):
-                                scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
-                                if fmt.offset == "zero":
-                                    offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
-                                elif fmt.offset == "min":
-                                    offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
-                                else:
-                                    offset = -(bf(fmt.bias) * scale)
+                                scale = side_value(S, Ss, Sz, g, wb, T.ramp(j * L, 1, L), fmt.scale, L)
+                                offset = block_offset(fmt, scale, Z, Mn, Ms, Mz, g, wb, T.ramp(j * L, 1, L), L)
                                 for r in T.unroll(MR):
                                     tot[0] = T.float32(0)
                                     for ab in range(APW):
@@ -246,7 +236,7 @@ def _float_act_gemm(spec: GemmSpec):
     NTM = max(1, min(isa.cores, M))
     GPER, MPER = -(-G // NT), -(-M // NTM)
     prologue = _row_prologue(spec, KP)
-    fvec, ivec = f"float32x{L}", f"int32x{L}"
+    fvec = f"float32x{L}"
     SW, OW, norm_prologue = spec.src_width, spec.out_width, spec.prologue == "norm"
     has_bias, accumulate = spec.bias, spec.accumulate
     ACC = MR * ROWS
@@ -267,12 +257,6 @@ def _float_act_gemm(spec: GemmSpec):
 
     def bf(v):
         return T.broadcast(T.float32(v), L)
-
-    def side(buf, step, zero, g, b, j, storage):
-        if storage == "u8":
-            codes = T.Cast(fvec, T.Cast(ivec, buf[g, b, T.ramp(j * L, 1, L)]))
-            return (codes - zero[g, T.ramp(j * L, 1, L)]) * step[g, T.ramp(j * L, 1, L)]
-        return T.Cast(fvec, buf[g, b, T.ramp(j * L, 1, L)])
 
     def wvec(word, position):
         """The weights of one k (position within the packed word) as fp32 x L."""
@@ -345,13 +329,8 @@ def _float_act_gemm(spec: GemmSpec):
                                                     + weight * T.broadcast(v[mt * MR + r, kw * PER_WORD + p], L)
                             if is_int:
                                 for j in T.unroll(SUB):
-                                    scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
-                                    if fmt.offset == "zero":
-                                        offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
-                                    elif fmt.offset == "min":
-                                        offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
-                                    else:
-                                        offset = -(bf(fmt.bias) * scale)
+                                    scale = side_value(S, Ss, Sz, g, wb, T.ramp(j * L, 1, L), fmt.scale, L)
+                                    offset = block_offset(fmt, scale, Z, Mn, Ms, Mz, g, wb, T.ramp(j * L, 1, L), L)
                                     for r in T.unroll(MR):
                                         tot[0] = T.float32(0)
                                         for ab in range(APW):

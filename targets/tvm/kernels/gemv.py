@@ -28,6 +28,7 @@ from tvm.script import tirx as T
 from edgefold.targets.tvm.kernels import act
 from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
+from edgefold.targets.tvm.kernels.weight_element import block_offset, side_value
 
 M4 = 0x0F0F0F0F
 PROLOGUES = ("norm", "plain", "swiglu")
@@ -147,19 +148,12 @@ def _int_gemv(spec: GemvSpec):
     FULL = N // ROWS  # groups whose 16 rows all exist
     prologue, quantize = _prologue(spec, KP), act.quantize_macro(KP, L)
     sdt, mdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32")
-    ivec, fvec = f"int32x{L}", f"float32x{L}"
+    fvec = f"float32x{L}"
     src_len, out_len, norm_prologue = spec.src_len, spec.out_len, spec.prologue == "norm"
     has_bias, accumulate, four_bit = spec.bias, spec.accumulate, fmt.bits == 4
 
     def bf(v):
         return T.broadcast(T.float32(v), L)
-
-    def side(buf, step, zero, g, b, j, storage):
-        """A [16]-row side value (scale or minimum) of block b, lanes j*L.., as fp32 x L."""
-        if storage == "u8":
-            codes = T.Cast(fvec, T.Cast(ivec, buf[g, b, T.ramp(j * L, 1, L)]))
-            return (codes - zero[g, T.ramp(j * L, 1, L)]) * step[g, T.ramp(j * L, 1, L)]
-        return T.Cast(fvec, buf[g, b, T.ramp(j * L, 1, L)])
 
     @T.prim_func
     def gemv(src: T.Buffer((src_len,), "float32"), blob_h: T.handle, src_off: T.int64, y_off: T.int64,
@@ -242,13 +236,8 @@ def _int_gemv(spec: GemvSpec):
                             if wb * APW + ab < ABLK:
                                 total[0] = total[0] + xsum[0, wb * APW + ab]
                         for j in T.unroll(SUB):
-                            scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
-                            if fmt.offset == "zero":
-                                offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
-                            elif fmt.offset == "min":
-                                offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
-                            else:
-                                offset = -(bf(fmt.bias) * scale)
+                            scale = side_value(S, Ss, Sz, g, wb, T.ramp(j * L, 1, L), fmt.scale, L)
+                            offset = block_offset(fmt, scale, Z, Mn, Ms, Mz, g, wb, T.ramp(j * L, 1, L), L)
                             accf[T.ramp(j * L, 1, L)] = accf[T.ramp(j * L, 1, L)] + blockf[T.ramp(j * L, 1, L)] * scale \
                                 + offset * T.broadcast(total[0], L)
                     _store(accf, y, y_off, Bias, g, FULL, N, L, SUB, has_bias, accumulate)
@@ -296,19 +285,13 @@ def _int_gemv_fp32_act(spec: GemvSpec):
     FULL = N // ROWS
     prologue, sums = _prologue(spec, KP), act.block_sums_macro(KP)
     sdt, mdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32")
-    ivec, fvec = f"int32x{L}", f"float32x{L}"
+    fvec = f"float32x{L}"
     src_len, out_len, norm_prologue = spec.src_len, spec.out_len, spec.prologue == "norm"
     has_bias, accumulate, four_bit = spec.bias, spec.accumulate, fmt.bits == 4
     APW = BW // ACT_BLOCK
 
     def bf(v):
         return T.broadcast(T.float32(v), L)
-
-    def side(buf, step, zero, g, b, j, storage):
-        if storage == "u8":
-            codes = T.Cast(fvec, T.Cast(ivec, buf[g, b, T.ramp(j * L, 1, L)]))
-            return (codes - zero[g, T.ramp(j * L, 1, L)]) * step[g, T.ramp(j * L, 1, L)]
-        return T.Cast(fvec, buf[g, b, T.ramp(j * L, 1, L)])
 
     def code(word, position):
         """The code at byte position (4-bit: nibble index 0..7 of the word's k span) as fp32 x L."""
@@ -373,13 +356,8 @@ def _int_gemv_fp32_act(spec: GemvSpec):
                             if wb * APW + ab < ABLK:
                                 total[0] = total[0] + xsum[0, wb * APW + ab]
                         for j in T.unroll(SUB):
-                            scale = side(S, Ss, Sz, g, wb, j, fmt.scale)
-                            if fmt.offset == "zero":
-                                offset = -(T.Cast(fvec, T.Cast(ivec, Z[g, wb, T.ramp(j * L, 1, L)])) * scale)
-                            elif fmt.offset == "min":
-                                offset = side(Mn, Ms, Mz, g, wb, j, fmt.minimum) - bf(fmt.bias) * scale
-                            else:
-                                offset = -(bf(fmt.bias) * scale)
+                            scale = side_value(S, Ss, Sz, g, wb, T.ramp(j * L, 1, L), fmt.scale, L)
+                            offset = block_offset(fmt, scale, Z, Mn, Ms, Mz, g, wb, T.ramp(j * L, 1, L), L)
                             accf[T.ramp(j * L, 1, L)] = accf[T.ramp(j * L, 1, L)] + (
                                 even[T.ramp(j * L, 1, L)] + odd[T.ramp(j * L, 1, L)]) * scale \
                                 + offset * T.broadcast(total[0], L)

@@ -17,7 +17,7 @@ from tvm.script import tirx as T
 
 from edgefold.targets.tvm.kernels.gemv import STORAGE_DTYPES, GemvSpec
 from edgefold.targets.tvm.kernels.isa import ROWS
-from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
+from edgefold.targets.tvm.kernels.packing import IntFormat, padded_k
 from edgefold.targets.tvm.kernels.weight_element import weight_element
 
 

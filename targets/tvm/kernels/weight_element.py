@@ -1,7 +1,8 @@
 """One weight of a packed matrix as an fp32 scalar expression: w[n, k] from its group's streams.
 
-Used where weights are read one at a time (the embedding row of a token, and the
-unscheduled GEMV that MetaSchedule tunes), not in the vectorized kernels.
+`weight_element` is used where weights are read one at a time (the embedding row of a token,
+and the unscheduled GEMV that MetaSchedule tunes); `side_value` and `block_offset` also serve
+the vectorized kernels, with `r` a ramp of rows.
 """
 
 from __future__ import annotations
@@ -11,10 +12,32 @@ from tvm.script import tirx as T
 from edgefold.targets.tvm.kernels.packing import IntFormat
 
 
-def side_value(buf, step, zero, g, b, r, storage: str):
+def _to_float(value, lanes: int):
+    """fp32 (x lanes) from a stored integer; vectors widen through int32 first."""
+    if lanes == 1:
+        return T.Cast("float32", value)
+    return T.Cast(f"float32x{lanes}", T.Cast(f"int32x{lanes}", value))
+
+
+def _const(value: float, lanes: int):
+    return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
+
+
+def side_value(buf, step, zero, g, b, r, storage: str, lanes: int = 1):
+    """A side value (scale or minimum) of block b for row r of group g as fp32; `r` is one index
+    or a ramp of `lanes` rows. u8 storage is itself quantized per row (step, zero)."""
     if storage == "u8":
-        return (T.Cast("float32", buf[g, b, r]) - zero[g, r]) * step[g, r]
-    return T.Cast("float32", buf[g, b, r])
+        return (_to_float(buf[g, b, r], lanes) - zero[g, r]) * step[g, r]
+    return T.Cast("float32" if lanes == 1 else f"float32x{lanes}", buf[g, b, r])
+
+
+def block_offset(fmt: IntFormat, scale, Z, Mn, Ms, Mz, g, wb, r, lanes: int = 1):
+    """The additive term of block wb (w = q * scale + offset) for the row(s) r of group g."""
+    if fmt.offset == "zero":
+        return -(_to_float(Z[g, wb, r], lanes) * scale)
+    if fmt.offset == "min":
+        return side_value(Mn, Ms, Mz, g, wb, r, fmt.minimum, lanes) - _const(fmt.bias, lanes) * scale
+    return -(_const(fmt.bias, lanes) * scale)
 
 
 def fp8_scalar(raw):
@@ -40,10 +63,4 @@ def weight_element(fmt, block: int, streams, g, r, k):
         code = T.bitwise_and(T.shift_right(W[g, k // 4, r], T.Cast("int32", (k % 4) * 8)), T.int32(0xFF))
     wb = k // block
     scale = side_value(S, Ss, Sz, g, wb, r, fmt.scale)
-    if fmt.offset == "zero":
-        offset = -(T.Cast("float32", Z[g, wb, r]) * scale)
-    elif fmt.offset == "min":
-        offset = side_value(Mn, Ms, Mz, g, wb, r, fmt.minimum) - T.float32(fmt.bias) * scale
-    else:
-        offset = -(T.float32(fmt.bias) * scale)
-    return T.Cast("float32", code) * scale + offset
+    return T.Cast("float32", code) * scale + block_offset(fmt, scale, Z, Mn, Ms, Mz, g, wb, r)

@@ -13,7 +13,6 @@ off each kernel, so the kernels add up to the step again. The result says so.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -60,31 +59,17 @@ def profile_llm(folder: Path, compiled: dict, *, repeats: int = 16, top: int = 1
 
 
 def _kernels(session, entry: dict, context: int, bandwidth_gbps: float, step_ms: float) -> list[dict[str, Any]]:
-    vm = session.decode_vm
-    totals: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
-    started: list[float] = []
-
-    def instrument(func, symbol, before, ret, *args):
-        if before:
-            started.append(time.perf_counter())
-        else:
-            totals[symbol] += time.perf_counter() - started.pop()
-            calls[symbol] += 1
-        return 0  # no-op: let the call run
+    from edgefold.targets.tvm.kernel_profile import kernel_timer
 
     repeats = 8
     session.reset()
     session.position = context
-    vm.set_instrument(instrument)
-    try:
+    with kernel_timer(session.decode_vm) as (totals, calls):
         start = time.perf_counter()
         for _ in range(repeats):
             session.position = context
             session.decode(1)
         instrumented_ms = (time.perf_counter() - start) * 1e3 / repeats
-    finally:
-        vm.set_instrument(None)
     all_calls = sum(calls.values()) / repeats
     overhead_ms = max(0.0, (instrumented_ms - step_ms) / max(all_calls, 1))
     weight_bytes = entry.get("kernel_weight_bytes", {})
