@@ -99,6 +99,9 @@ def load_profile_file(path: Path) -> DeviceProfile:
     target = data.get("tvm_target", {})
     if target.get("mcpu") == "detect":
         target = {**target, "mcpu": _host_cpu()}
+        extra = [f for f in _host_tile_features() if f not in target.get("mattr", [])]
+        if extra:
+            target["mattr"] = list(target.get("mattr", [])) + extra
     if target.get("num-cores") == "detect":
         target = {**target, "num-cores": os.cpu_count() or 1}
     if target:
@@ -121,6 +124,29 @@ def load_profile(name_or_path: str) -> DeviceProfile:
     if name_or_path not in profiles:
         raise EdgefoldError(f"unknown profile {name_or_path!r} (available: {', '.join(profiles)})")
     return load_profile_file(profiles[name_or_path])
+
+
+# CPU flags (/proc/cpuinfo) -> LLVM features that LLVM's CPU name can miss: under a hypervisor
+# a Sapphire Rapids Xeon reports a model number LLVM calls "rocketlake", which has no AMX.
+_TILE_FLAGS = {"amx_tile": "+amx-tile", "amx_bf16": "+amx-bf16", "avx512_bf16": "+avx512bf16"}
+
+
+def _host_tile_features(cpuinfo: str | None = None) -> list[str]:
+    """LLVM `mattr` entries for the matrix (AMX) features this CPU has, from the kernel's flags
+    (which Linux lists only when it can give processes the tile state)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if not {"amx_tile", "amx_bf16"} <= flags:
+        return []
+    return [feature for flag, feature in _TILE_FLAGS.items() if flag in flags]
 
 
 def _host_cpu() -> str:

@@ -211,3 +211,73 @@ def test_neon_dotprod_code_builds_for_aarch64():
         spec = GemvSpec(isa, IntFormat(4, 32, "u8", "min", 8, "u8"), 64, 96, "norm", 96, 64)
         asm = tvm.compile(tvm.IRModule({spec.name: build_gemv(spec)}), target=target).mod.inspect_source("asm")
         assert ("sdot" in asm) == bool(dot)
+
+
+def _host_has_amx() -> bool:
+    from edgefold.targets.profiles import _host_tile_features
+
+    return "+amx-bf16" in _host_tile_features()
+
+
+def test_amx_gemm_matches_bf16_numpy():
+    """The prefill GEMM on AMX tiles (`mcpu` sapphirerapids): tdpbf16ps in the code on any machine;
+    where this CPU has AMX, the results equal numpy's product of the bf16-rounded weights
+    (q * S + O) and activations, for shapes that are not whole tiles (17 tokens, 37 rows, K 70),
+    with accumulate, bias and 8-bit codes. The exact fp32-activation variant never takes AMX."""
+    import ml_dtypes
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2})
+    isa = isa_for(target)
+    assert isa.amx and not float_only(isa).has_int_dot
+    rng = np.random.default_rng(5)
+    cases = [(int_weight(rng, 100, 70, scale="u8", offset="min"), 40, "norm", True, False),
+             (int_weight(rng, 37, 160, block=64, scale="f16", offset="zero"), 17, "swiglu", True, True),
+             (int_weight(rng, 96, 128, bits=8, block=0, offset="bias"), 64, "plain", False, False)]
+    runs = _host_has_amx()
+    for w, m, prologue, accumulate, bias in cases:
+        width = 2 * w.k + 3 if prologue == "swiglu" else w.k + 3
+        src = rng.standard_normal((m, width)).astype(np.float32)
+        norm = (rng.random(w.k) + 0.5).astype(np.float32)
+        bias_values = rng.standard_normal(w.n).astype(np.float32) if bias else None
+        packed = pack(w, bias_values)
+        blob = Blob()
+        offsets = {**add_packed(blob, packed), "norm": blob.add(norm), "src_off": 2, "y_off": 3}
+        spec = GemmSpec(isa, packed.fmt, w.n, w.k, m, prologue, width, w.n + 5, accumulate, bias)
+        assert spec.uses_amx and spec.name.endswith("_amx")
+        assert not GemmSpec(float_only(isa), packed.fmt, w.n, w.k, m, prologue, width, w.n + 5).uses_amx
+        library = tvm.compile(tvm.IRModule({spec.name: build_gemm(spec)}), target=target)
+        asm = library.mod.inspect_source("asm")
+        assert "tdpbf16ps" in asm and "ldtilecfg" in asm
+        if not runs:
+            continue
+        before = rng.standard_normal((m, w.n + 5)).astype(np.float32)
+        y = tvm.runtime.tensor(before.reshape(-1).copy())
+        library[spec.name](tvm.runtime.tensor(src.reshape(-1)), tvm.runtime.tensor(blob.bytes()),
+                           *[offsets.get(name, 0) for name in OFFSET_SLOTS], y)
+        out = y.numpy().reshape(m, w.n + 5)
+
+        def bf16(a):
+            return a.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+
+        dense = bf16(w.dequantize())
+        for row in range(m):
+            want = dense @ bf16(_activation(src[row, 2:], prologue, w.k, norm))
+            if bias:
+                want = want + bias_values
+            if accumulate:
+                want = want + before[row, 3:3 + w.n]
+            error = np.abs(out[row, 3:3 + w.n] - want).max() / np.abs(want).max()
+            assert error < 1e-6, (spec.name, row, error)
+        np.testing.assert_array_equal(out[:, :3], before[:, :3])  # nothing written outside its rows
+        np.testing.assert_array_equal(out[:, 3 + w.n:], before[:, 3 + w.n:])
+
+
+def test_host_tile_features_from_cpu_flags():
+    """AMX is added to the detected host target from the CPU flags (LLVM may name the CPU after
+    a model without it), and only when both the tile and bf16 flags are listed."""
+    from edgefold.targets.profiles import _host_tile_features
+
+    amx = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    assert _host_tile_features(amx) == ["+amx-tile", "+amx-bf16", "+avx512bf16"]
+    assert _host_tile_features("flags\t\t: fpu avx2 avx512f avx512_vnni\n") == []
+    assert _host_tile_features("flags\t\t: amx_tile\n") == []

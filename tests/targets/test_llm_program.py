@@ -61,13 +61,16 @@ def test_small_llama_decode_and_prefill_match_onnxruntime(tiny_llama, tmp_path, 
     assert len(spec.layers) == 2 and spec.layers[0].attention.num_kv_heads == 2
     check_against_onnxruntime(spec, session, TOKENS[:3], slots)
 
-    host = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2})
-    # The kernels this CPU gets; their fp32-activation twins are checked against numpy per format
+    from edgefold.targets.profiles import load_profile
+
+    # The host profile's target (with AMX where this CPU has it: the 16-token prefill then runs
+    # its GEMMs on tiles). The kernels this CPU gets; their fp32-activation twins are checked against numpy per format
     # in test_kernels.py and end to end by bench/compile.py's exact rows.
+    host = tvm.target.Target({**load_profile("host").tvm_target, "num-cores": 2})
     isa = isa_for(host)
     plan = plan_decoder(spec, isa, slots)
     libraries = {}
-    for tokens in (1, 8):
+    for tokens in (1, 16):
         mod, _ = build_module(plan, tokens)
         with tvm.transform.PassContext(opt_level=3):
             executable = tvm.compile(mod, target=host, relax_pipeline=relax_pipeline())
@@ -80,11 +83,11 @@ def test_small_llama_decode_and_prefill_match_onnxruntime(tiny_llama, tmp_path, 
         got = libraries[1]["decode"](tensor(np.array([[token]], np.int64)), tensor(np.array([position], np.int64)),
                                      cache, weights_tensor).numpy()
         _assert_close(got, want[position], exact, f"{isa.name} decode step {position}")
-    # prefill of 6 tokens into a fresh cache (bucket 8), then decode continues from there
+    # prefill of 6 tokens into a fresh cache (bucket 16), then decode continues from there
     cache = tvm.runtime.tensor(np.zeros(plan.cache_len, np.float32))
-    ids = np.zeros((1, 8), np.int64)
+    ids = np.zeros((1, 16), np.int64)
     ids[0, :6] = TOKENS[:6]
-    got = libraries[8]["prefill"](tensor(ids), tensor(np.array([0], np.int64)), tensor(np.array([6], np.int64)),
+    got = libraries[16]["prefill"](tensor(ids), tensor(np.array([0], np.int64)), tensor(np.array([6], np.int64)),
                                   cache, weights_tensor).numpy()
     _assert_close(got, want[5], exact, f"{isa.name} prefill")
     for position in range(6, len(TOKENS)):

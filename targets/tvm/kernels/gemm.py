@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import tvm
 from tvm.script import tirx as T
 
-from edgefold.targets.tvm.kernels import act
+from edgefold.targets.tvm.kernels import act, gemm_amx
 from edgefold.targets.tvm.kernels.gemv import SCHEDULED, STORAGE_DTYPES, _dot, fp8_to_f32
 from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
@@ -41,7 +41,11 @@ class GemmSpec:
     def name(self) -> str:
         mode = "acc" if self.accumulate else "set"
         return (f"gemm_{self.fmt.key}_{self.m}x{self.n}x{self.k}_{self.prologue}_{mode}{'_bias' if self.bias else ''}"
-                f"_{self.isa.name}").replace("-", "_")
+                f"_{self.isa.name}{'_amx' if self.uses_amx else ''}").replace("-", "_")
+
+    @property
+    def uses_amx(self) -> bool:
+        return gemm_amx.fits(self)
 
     @property
     def uses_int_dot(self) -> bool:
@@ -60,18 +64,11 @@ class GemmSpec:
 
 
 def build_gemm(spec: GemmSpec) -> tvm.tirx.PrimFunc:
+    if spec.uses_amx:
+        return gemm_amx.build_amx_gemm(spec)
     if spec.uses_int_dot:
         return _int_gemm(spec)
     return _float_act_gemm(spec)
-
-
-def _row_prologue(spec: GemmSpec, kp: int):
-    lanes = spec.isa.lanes
-    if spec.prologue == "norm":
-        return act.rms_norm_macro(spec.k, kp, spec.eps, lanes)
-    if spec.prologue == "swiglu":
-        return act.swiglu_macro(spec.k, kp, lanes)
-    return act.copy_macro(spec.k, kp, lanes)
 
 
 def _int_gemm(spec: GemmSpec):
@@ -88,7 +85,7 @@ def _int_gemm(spec: GemmSpec):
     NT = max(1, min(isa.cores, G))
     NTM = max(1, min(isa.cores, M))
     GPER, MPER = -(-G // NT), -(-M // NTM)
-    prologue = _row_prologue(spec, KP)
+    prologue = act.prologue_macro(spec.prologue, spec.k, KP, spec.eps, spec.isa.lanes)
     quantize = act.quantize_macro(KP, L)
     sdt, mdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32")
     fvec = f"float32x{L}"
@@ -235,7 +232,7 @@ def _float_act_gemm(spec: GemmSpec):
     NT = max(1, min(isa.cores, G))
     NTM = max(1, min(isa.cores, M))
     GPER, MPER = -(-G // NT), -(-M // NTM)
-    prologue = _row_prologue(spec, KP)
+    prologue = act.prologue_macro(spec.prologue, spec.k, KP, spec.eps, spec.isa.lanes)
     fvec = f"float32x{L}"
     SW, OW, norm_prologue = spec.src_width, spec.out_width, spec.prologue == "norm"
     has_bias, accumulate = spec.bias, spec.accumulate

@@ -7,6 +7,7 @@ AVX2 code on any build machine):
 | isa           | lanes | int8 dot product                                   |
 |---------------|-------|----------------------------------------------------|
 | avx512-vnni   | 16    | vpdpbusd (u8 x s8 -> s32, 4 products per lane)      |
+|  + amx        |       | prefill GEMMs on AMX bf16 tiles (tdpbf16ps)         |
 | avx512        | 16    | vpmaddubsw + vpmaddwd                               |
 | avx2          | 8     | vpmaddubsw + vpmaddwd (256-bit)                     |
 | neon-dotprod  | 4     | sdot (s8 x s8 -> s32)                               |
@@ -31,6 +32,7 @@ class Isa:
     int_dot: str  # "vnni512", "maddubs512", "maddubs256", "sdot" or "" (no int8 dot product)
     family: str  # "x86", "aarch64"
     cores: int = 1
+    amx: bool = False  # Intel AMX bf16 tiles: the prefill GEMM runs on them (kernels/gemm_amx.py)
 
     @property
     def has_int_dot(self) -> bool:
@@ -39,7 +41,8 @@ class Isa:
     def describe(self) -> str:
         dot = {"vnni512": "vpdpbusd", "maddubs512": "vpmaddubsw+vpmaddwd (512-bit)",
                "maddubs256": "vpmaddubsw+vpmaddwd (256-bit)", "sdot": "sdot", "": "none (fp32 FMA)"}[self.int_dot]
-        return f"{self.name}: {self.lanes} lanes, int8 dot {dot}, {self.cores} threads"
+        tiles = ", AMX bf16 tiles for prefill" if self.amx else ""
+        return f"{self.name}: {self.lanes} lanes, int8 dot {dot}{tiles}, {self.cores} threads"
 
 
 def isa_for(target) -> Isa:
@@ -60,7 +63,7 @@ def isa_for(target) -> Isa:
         return Isa("neon", 4, "", "aarch64", cores)
     if has("avx512bw") and has("avx512f"):
         if has("avx512vnni"):
-            return Isa("avx512-vnni", 16, "vnni512", "x86", cores)
+            return Isa("avx512-vnni", 16, "vnni512", "x86", cores, amx=has("amx-bf16") and has("amx-tile"))
         return Isa("avx512", 16, "maddubs512", "x86", cores)
     if has("avx2") and has("fma"):
         return Isa("avx2", 8, "maddubs256", "x86", cores)
@@ -69,4 +72,4 @@ def isa_for(target) -> Isa:
 
 def float_only(isa: Isa) -> Isa:
     """The same isa without int8 dot products (the fp32-activation kernels)."""
-    return Isa(isa.name + "-fp32act", isa.lanes, "", isa.family, isa.cores)
+    return Isa(isa.name + "-fp32act", isa.lanes, "", isa.family, isa.cores, isa.amx)

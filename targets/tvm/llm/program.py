@@ -238,7 +238,7 @@ def build_module(plan: DecoderPlan, tokens: int = 1, *, replacements: dict | Non
         # One scratch buffer per kind, as wide as the widest layer needs (fold/slice vary widths).
         qkv_width = max((l.heads + 2 * l.kv_heads) * l.head_dim for l in plan.layers)
         context_width = max(l.heads * l.head_dim for l in plan.layers)
-        gu_width = max(2 * l.intermediate for l in plan.layers)
+        gu_width = _off_4k(max(2 * l.intermediate for l in plan.layers))
         qkv, ctx, gu = scratch(qkv_width), scratch(context_width), scratch(gu_width)
         for layer in plan.layers:
             qkv = parts(layer.qkv, "norm", x, hidden, qkv, qkv_width, norm=layer.attn_norm, eps=layer.eps[0])
@@ -268,6 +268,13 @@ def build_module(plan: DecoderPlan, tokens: int = 1, *, replacements: dict | Non
                         eps=spec.final_norm.eps, rows=1)
         bb.emit_func_output(logits)
     return bb.get(), dict(sorted(module.weight_bytes.items()))
+
+
+def _off_4k(width: int) -> int:
+    """A scratch row width whose stride is not a multiple of 4 KB: rows 4 KB apart share L1
+    cache sets, and the prefill GEMM writing 128 such rows (gate|up of SmolLM2, 3072 fp32)
+    ran 1.8x slower than at 3088."""
+    return width + 16 if (width * 4) % 4096 == 0 else width
 
 
 def build_decode_module(plan: DecoderPlan):
