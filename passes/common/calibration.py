@@ -133,10 +133,25 @@ def channel_mean_squares(model_path: Path | None, names: list[str], samples: int
     return {name: sums[name] / counts[name] for name in sums}, run
 
 
+def input_hessians(model_path: Path | None, names: list[str], samples: int, who: str, fallback: str,
+                   text_file: str | Path | None = None) -> tuple[dict[str, np.ndarray], CalibrationRun]:
+    """Mean x x^T (width x width, float64) over the calibration tokens of every float tensor in
+    `names` (channels on the last axis): the Hessian GPTQ rounds a layer's weight against."""
+    sums, counts, run = _accumulate(model_path, sorted(set(names)), samples, who, fallback, text_file=text_file,
+                                    statistic=_gram)
+    return {name: sums[name] / counts[name] for name in sums}, run
+
+
+def _gram(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, float]:
+    flat = value.astype(np.float64).reshape(-1, value.shape[-1])
+    return flat.T @ flat, flat.shape[0]
+
+
 def _accumulate(model_path: Path | None, wanted: list[str], samples: int, who: str, fallback: str,
-                axis: int | None = None, text_file: str | Path | None = None):
-    """Per-channel sums of squares (token ids: the ids themselves) and counts of `wanted`,
-    and what was run. `who`/`fallback` start and end the one-line errors."""
+                axis: int | None = None, text_file: str | Path | None = None, statistic=None):
+    """Per-channel sums of squares (token ids: the ids themselves; or `statistic(value, axis)`)
+    and counts of `wanted`, and what was run. `who`/`fallback` start and end the one-line errors."""
+    statistic = statistic or _energy
     if model_path is None:
         raise EdgefoldError(f"{who}: calibration needs the model file; {fallback}")
     model_path = Path(model_path)
@@ -153,7 +168,7 @@ def _accumulate(model_path: Path | None, wanted: list[str], samples: int, who: s
             for name, value in zip(outputs, values):
                 if name not in wanted:
                     continue
-                total, count = _energy(value, axis)
+                total, count = statistic(value, axis)
                 if np.issubdtype(value.dtype, np.integer):  # token ids: keep them all
                     total = np.concatenate([sums.get(name, np.zeros(0, np.int64)), total])
                 else:
