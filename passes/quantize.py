@@ -430,6 +430,9 @@ class QuantizePass(GraphPass):
                      and r.activation is not None and r.axis == site.layout.in_axis]
             if names:
                 wanted[site.name] = names
+        self._gptq_weights = 0
+        if not wanted:  # nothing to round against data (every weight float, or no MatMul reader)
+            return {}
         measured, run = input_hessians(context.model_path, [n for names in wanted.values() for n in names],
                                        self.config.calibration_samples, "quantize",
                                        "use method=rtn (data-free)", self.config.calibration_text)

@@ -420,3 +420,11 @@ def test_gptq_lowers_minilm_output_error_on_its_calibration_text(minilm_onnx, tm
     assert error["gptq"] < 0.8 * error["rtn"], error
     with pytest.raises(EdgefoldError, match="does not go with act_scale"):
         create_pass("quantize", {"format": "int8", "method": "gptq", "act_scale": 0.5})
+
+
+def test_gptq_with_no_integer_weight_reads_no_data(tiny_lm, tmp_path):
+    """Nothing to round against data: no calibration run (this model has no task to calibrate on)."""
+    _, stats = _apply(tiny_lm, tmp_path, {"format": "fp16", "method": "gptq"})
+    assert stats["gptq_weights"] == 0 and "calibration_samples" not in stats
+    with pytest.raises(EdgefoldError, match="use method=rtn"):
+        _apply(tiny_lm, tmp_path, {"format": "int8", "method": "gptq"})
