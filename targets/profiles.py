@@ -139,6 +139,8 @@ def _host_tile_features(cpuinfo: str | None = None) -> list[str]:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return []
+        if not _tile_state_granted():
+            return []
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
@@ -147,6 +149,22 @@ def _host_tile_features(cpuinfo: str | None = None) -> list[str]:
     if not {"amx_tile", "amx_bf16"} <= flags:
         return []
     return [feature for flag, feature in _TILE_FLAGS.items() if flag in flags]
+
+
+def _tile_state_granted() -> bool:
+    """Whether Linux gives this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM,
+    kernel 5.16+; refused e.g. when a signal stack is too small for it). The compiled kernels
+    ask again themselves; asking here keeps a machine that would refuse on the vector kernels."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(ctypes.c_long(158), ctypes.c_long(0x1023), ctypes.c_long(18)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _host_cpu() -> str:
