@@ -8,6 +8,7 @@ into a folder named by EDGEFOLD_PROFILES.
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from pathlib import Path
@@ -151,6 +152,7 @@ def _host_tile_features(cpuinfo: str | None = None) -> list[str]:
     return [feature for flag, feature in _TILE_FLAGS.items() if flag in flags]
 
 
+@functools.lru_cache(maxsize=1)  # a process keeps the answer; profiles load several times per build
 def _tile_state_granted() -> bool:
     """Whether Linux gives this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM,
     kernel 5.16+; refused e.g. when a signal stack is too small for it). The compiled kernels

@@ -17,10 +17,11 @@ import tvm
 from tvm.script import tirx as T
 
 from edgefold.targets.tvm.kernels import act, gemm_amx
+from edgefold.targets.tvm.kernels.epilogue import store_row
 from edgefold.targets.tvm.kernels.gemv import SCHEDULED, STORAGE_DTYPES, _dot, fp8_to_f32
 from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
-from edgefold.targets.tvm.kernels.weight_element import block_offset, side_value
+from edgefold.targets.tvm.kernels.weight_element import block_offset, code_vector, side_value
 
 
 @dataclass(frozen=True)
@@ -188,34 +189,10 @@ def _int_gemm(spec: GemmSpec):
                                         + blockf[T.ramp(r * ROWS + j * L, 1, L)] * scale + offset * T.broadcast(tot[0], L)
                         for r in range(MR):
                             if mt * MR + r < M:
-                                _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
+                                store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
                                            accumulate)
 
     return gemm.with_attr("global_symbol", spec.name)
-
-
-@T.macro
-def _store_row(accf, r, y, base, Bias, g, full, n, lanes, sub, has_bias, accumulate):
-    """Write (or add) one token's 16 results of group g at y[base + g*16 ...]."""
-    if g < full:
-        for j in T.unroll(sub):
-            value = accf[T.ramp(r * ROWS + j * lanes, 1, lanes)]
-            if has_bias:
-                value = value + Bias[T.ramp(g * ROWS + j * lanes, 1, lanes)]
-            if accumulate:
-                y[T.ramp(base + g * ROWS + j * lanes, 1, lanes)] = y[T.ramp(base + g * ROWS + j * lanes, 1, lanes)] + value
-            else:
-                y[T.ramp(base + g * ROWS + j * lanes, 1, lanes)] = value
-    else:
-        for q in range(ROWS):
-            if g * ROWS + q < n:
-                value = accf[r * ROWS + q]
-                if has_bias:
-                    value = value + Bias[g * ROWS + q]
-                if accumulate:
-                    y[base + g * ROWS + q] = y[base + g * ROWS + q] + value
-                else:
-                    y[base + g * ROWS + q] = value
 
 
 def _float_act_gemm(spec: GemmSpec):
@@ -259,12 +236,7 @@ def _float_act_gemm(spec: GemmSpec):
         """The weights of one k (position within the packed word) as fp32 x L."""
         if not is_int:
             return fp8_to_f32(word, L) if fmt.dtype == "fp8" else T.Cast(fvec, word)
-        if fmt.bits == 4:
-            shift, mask = (position % 4) * 8 + (position // 4) * 4, 0xF
-        else:
-            shift, mask = position * 8, 0xFF
-        return T.Cast(fvec, T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(shift), L)),
-                                          T.broadcast(T.int32(mask), L)))
+        return code_vector(word, fmt.bits, position, L)
 
     @T.prim_func
     def gemm(src: T.Buffer((M * SW,), "float32"), blob_h: T.handle, src_off: T.int64, y_off: T.int64,
@@ -341,7 +313,7 @@ def _float_act_gemm(spec: GemmSpec):
                                         accf[T.ramp(r * ROWS + j * L, 1, L)] = blockf[T.ramp(r * ROWS + j * L, 1, L)]
                         for r in range(MR):
                             if mt * MR + r < M:
-                                _store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
+                                store_row(accf, r, y, y_off + (mt * MR + r) * OW, Bias, g, FULL, N, L, SUB, has_bias,
                                            accumulate)
 
     return gemm.with_attr("global_symbol", spec.name)

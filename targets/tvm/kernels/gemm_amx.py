@@ -38,10 +38,11 @@ import tvm
 from tvm.script import tirx as T
 
 from edgefold.targets.tvm.kernels import act
+from edgefold.targets.tvm.kernels.epilogue import store_row
 from edgefold.targets.tvm.kernels.gemv import SCHEDULED, STORAGE_DTYPES
 from edgefold.targets.tvm.kernels.isa import ROWS
 from edgefold.targets.tvm.kernels.packing import IntFormat, padded_k
-from edgefold.targets.tvm.kernels.weight_element import block_offset, side_value
+from edgefold.targets.tvm.kernels.weight_element import block_offset, code_vector, side_value
 
 TILE_ROWS = 16  # rows of every tile
 TILE_BYTES = 64  # bytes per tile row: 32 bf16 or 16 fp32
@@ -92,13 +93,7 @@ def build_amx_gemm(spec) -> tvm.tirx.PrimFunc:
     hi_mask = T.broadcast(T.uint32(0xFFFF0000), L)
 
     def code(word, p: int):
-        """Codes of input p of a packed word, for 16 rows, as fp32."""
-        if fmt.bits == 4:
-            shift, mask = (p % 4) * 8 + (p // 4) * 4, 0xF
-        else:
-            shift, mask = p * 8, 0xFF
-        return T.Cast(f"float32x{L}", T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(shift), L)),
-                                                    T.broadcast(T.int32(mask), L)))
+        return code_vector(word, fmt.bits, p, L)
 
     @T.prim_func
     def gemm(src: T.Buffer((M * SW,), "float32"), blob_h: T.handle, src_off: T.int64, y_off: T.int64,
@@ -142,7 +137,7 @@ def build_amx_gemm(spec) -> tvm.tirx.PrimFunc:
                     xa[M + m, i] = T.uint16(0)
             for c in T.parallel(NT):  # one contiguous chunk of group pairs per thread
                 config = T.alloc_buffer((64,), "uint8", scope="local")
-                stage = T.alloc_buffer((4, TILE_ROWS, ROWS), "float32", scope="local")  # the 4 accumulators
+                stage = T.alloc_buffer((4 * TILE_ROWS * ROWS,), "float32", scope="local")  # the 4 accumulators
                 side = T.alloc_buffer((2, ROWS), "float32", scope="local")  # a block's scale and offset
                 for i in range(64):
                     config[i] = T.uint8(0)
@@ -195,37 +190,16 @@ def build_amx_gemm(spec) -> tvm.tirx.PrimFunc:
                             # row stride that is a multiple of 4 KB (3072 fp32) ran 2x slower (cache-set
                             # aliasing); vector rows also take the bias, the accumulate and the edges.
                             for t in T.unroll(4):
-                                _tile("tilestored64", T.uint8(t), T.address_of(stage[t, 0, 0]), T.int64(TILE_BYTES))
+                                _tile("tilestored64", T.uint8(t), T.address_of(stage[t * TILE_ROWS * ROWS]),
+                                          T.int64(TILE_BYTES))
                             for a in range(2):
                                 for b in range(2):
                                     for r in range(TILE_ROWS):
                                         if mt * TOKENS + a * TILE_ROWS + r < M:
-                                            _write_row(stage, a * 2 + b, r, y,
-                                                       y_off + (mt * TOKENS + a * TILE_ROWS + r) * OW, Bias, g0 + b,
-                                                       FULL, N, has_bias, accumulate)
+                                            # tile t's row r is "row" t*16 + r of the staged results
+                                            store_row(stage, (a * 2 + b) * TILE_ROWS + r, y,
+                                                      y_off + (mt * TOKENS + a * TILE_ROWS + r) * OW, Bias, g0 + b,
+                                                      FULL, N, ROWS, 1, has_bias, accumulate)
                 _tile("tilerelease")
 
     return gemm.with_attr("global_symbol", spec.name)
-
-
-@T.macro
-def _write_row(stage, t, r, y, base, Bias, g, full, n, has_bias, accumulate):
-    """Write (or add) one token's 16 results of group g from accumulator tile t."""
-    if g < full:
-        value = stage[t, r, T.ramp(0, 1, ROWS)]
-        if has_bias:
-            value = value + Bias[T.ramp(g * ROWS, 1, ROWS)]
-        if accumulate:
-            y[T.ramp(base + g * ROWS, 1, ROWS)] = y[T.ramp(base + g * ROWS, 1, ROWS)] + value
-        else:
-            y[T.ramp(base + g * ROWS, 1, ROWS)] = value
-    else:
-        for q in range(ROWS):
-            if g * ROWS + q < n:
-                value = stage[t, r, q]
-                if has_bias:
-                    value = value + Bias[g * ROWS + q]
-                if accumulate:
-                    y[base + g * ROWS + q] = y[base + g * ROWS + q] + value
-                else:
-                    y[base + g * ROWS + q] = value

@@ -28,7 +28,7 @@ from tvm.script import tirx as T
 from edgefold.targets.tvm.kernels import act
 from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
-from edgefold.targets.tvm.kernels.weight_element import block_offset, side_value
+from edgefold.targets.tvm.kernels.weight_element import block_offset, code_vector, side_value
 
 M4 = 0x0F0F0F0F
 PROLOGUES = ("norm", "plain", "swiglu")
@@ -285,23 +285,15 @@ def _int_gemv_fp32_act(spec: GemvSpec):
     FULL = N // ROWS
     prologue, sums = _prologue(spec, KP), act.block_sums_macro(KP)
     sdt, mdt = STORAGE_DTYPES[fmt.scale], STORAGE_DTYPES.get(fmt.minimum, "float32")
-    fvec = f"float32x{L}"
     src_len, out_len, norm_prologue = spec.src_len, spec.out_len, spec.prologue == "norm"
-    has_bias, accumulate, four_bit = spec.bias, spec.accumulate, fmt.bits == 4
+    has_bias, accumulate = spec.bias, spec.accumulate
     APW = BW // ACT_BLOCK
 
     def bf(v):
         return T.broadcast(T.float32(v), L)
 
     def code(word, position):
-        """The code at byte position (4-bit: nibble index 0..7 of the word's k span) as fp32 x L."""
-        if four_bit:
-            shift = (position % 4) * 8 + (position // 4) * 4
-            mask = 0xF
-        else:
-            shift, mask = position * 8, 0xFF
-        return T.Cast(fvec, T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(shift), L)),
-                                          T.broadcast(T.int32(mask), L)))
+        return code_vector(word, fmt.bits, position, L)
 
     @T.prim_func
     def gemv(src: T.Buffer((src_len,), "float32"), blob_h: T.handle, src_off: T.int64, y_off: T.int64,

@@ -40,6 +40,22 @@ def block_offset(fmt: IntFormat, scale, Z, Mn, Ms, Mz, g, wb, r, lanes: int = 1)
     return -(_const(fmt.bias, lanes) * scale)
 
 
+def code_shift(bits: int, position):
+    """(shift, mask) of the code at `position` of a packed int32 word. A 4-bit word holds 8
+    inputs: k..k+3 in the low nibbles of bytes 0..3, k+4..k+7 in the high nibbles; an 8-bit
+    word holds 4, one per byte. `position` may be an int or an index expression."""
+    if bits == 4:
+        return (position % 4) * 8 + (position // 4) * 4, 0xF
+    return position * 8, 0xFF
+
+
+def code_vector(word, bits: int, position: int, lanes: int):
+    """The codes at `position` of `lanes` packed words (int32 x lanes) as fp32 x lanes."""
+    shift, mask = code_shift(bits, position)
+    return T.Cast(f"float32x{lanes}", T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(shift), lanes)),
+                                                    T.broadcast(T.int32(mask), lanes)))
+
+
 def fp8_scalar(raw):
     """float32 from one FP8 E4M3FN bit pattern (rebiased exponent; subnormals by hand)."""
     b = T.Cast("int32", raw)
@@ -55,12 +71,9 @@ def weight_element(fmt, block: int, streams, g, r, k):
     if not isinstance(fmt, IntFormat):
         raw = W[g, k, r]
         return fp8_scalar(raw) if fmt.dtype == "fp8" else T.Cast("float32", raw)
-    if fmt.bits == 4:
-        p = k % 8
-        shift = (p % 4) * 8 + (p // 4) * 4
-        code = T.bitwise_and(T.shift_right(W[g, k // 8, r], T.Cast("int32", shift)), T.int32(0xF))
-    else:
-        code = T.bitwise_and(T.shift_right(W[g, k // 4, r], T.Cast("int32", (k % 4) * 8)), T.int32(0xFF))
+    per_word = 8 if fmt.bits == 4 else 4
+    shift, mask = code_shift(fmt.bits, k % per_word)
+    code = T.bitwise_and(T.shift_right(W[g, k // per_word, r], T.Cast("int32", shift)), T.int32(mask))
     wb = k // block
     scale = side_value(S, Ss, Sz, g, wb, r, fmt.scale)
     return T.Cast("float32", code) * scale + block_offset(fmt, scale, Z, Mn, Ms, Mz, g, wb, r)
