@@ -107,7 +107,7 @@ def apply_pass(source: Path, name: str, options: dict, out: Path):
 def lee_embeddings(path: Path):
     """L2-normalised embeddings of the 50 Lee documents (how close an encoder stays to another)."""
     from edgefold import onnx_io
-    from edgefold.evaluate.data import lee_documents
+    from edgefold.datasets import lee_documents
     from edgefold.evaluate.similarity import embed
 
     return embed(onnx_io.session(path), onnx_io.metadata(path)["edgefold.tokenizer"], lee_documents())

@@ -30,7 +30,6 @@ Writes bench/results/compile.json and compile.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -41,7 +41,7 @@ from edgefold.export import export_model  # noqa: E402
 from edgefold.model_stats import file_bytes, parameter_count  # noqa: E402
 from edgefold.passes.base import PassContext  # noqa: E402
 from edgefold.passes.registry import create_pass  # noqa: E402
-from edgefold.passes.quantize import plot_bits  # noqa: E402
+from edgefold.passes.quantize.quantize import plot_bits  # noqa: E402
 from edgefold.targets.profiles import load_profile  # noqa: E402
 
 THREADS = 2

@@ -55,6 +55,8 @@ class PassContext:
 
 @dataclass
 class PassOutcome:
+    """What a pass returns: the rewritten model and the stats worth keeping in the manifest."""
+
     model: ir.Model
     stats: dict[str, Any] = field(default_factory=dict)  # pass-specific, JSON-serialisable
 
@@ -70,4 +72,5 @@ class GraphPass:
         self.config = config if config is not None else self.Config()
 
     def run(self, model: ir.Model, context: PassContext) -> PassOutcome:  # pragma: no cover
+        """Rewrite `model` as the config asks and return it with this pass's stats (each pass implements it)."""
         raise NotImplementedError

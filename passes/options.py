@@ -15,6 +15,8 @@ from pydantic_core import PydanticUndefined
 
 @dataclass(frozen=True)
 class OptionDoc:
+    """One pass option in words, as `edgefold passes` prints it."""
+
     name: str
     type: str
     default: str
@@ -71,6 +73,7 @@ def _default(field: pydantic.fields.FieldInfo) -> str:
 
 
 def option_docs(config: type[pydantic.BaseModel]) -> list[OptionDoc]:
+    """One row per option of a pass config: name, type, default, allowed values and description."""
     rows = []
     for name, field in config.model_fields.items():
         literals = _literals(field.annotation)

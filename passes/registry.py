@@ -16,6 +16,7 @@ _REGISTRY: dict[str, type[GraphPass]] = {}
 
 
 def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
+    """Class decorator: make the pass available under its `name` (two classes with one name is an error)."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"pass name {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls
@@ -23,17 +24,18 @@ def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
 
 
 def available_passes() -> dict[str, type[GraphPass]]:
+    """Every registered pass by name, sorted, the built-in passes included."""
     _load_builtin_passes()
     return dict(sorted(_REGISTRY.items()))
 
 
 # Modules in this package that are helpers, not passes (importing them registers nothing).
-_NOT_PASS_MODULES = {"base", "registry"}
+_NOT_PASS_MODULES = {"base", "registry", "options", "common"}
 
 
 def _load_builtin_passes() -> None:
-    # Importing a pass module registers its pass. Discovered rather than listed so a
-    # new pass is one new file; kept lazy so `import edgefold` stays cheap.
+    # Importing a pass package registers its pass. Discovered rather than listed so a
+    # new pass is one new package; kept lazy so `import edgefold` stays cheap.
     import importlib
     import pkgutil
 

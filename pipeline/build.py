@@ -15,36 +15,40 @@ from pathlib import Path
 from typing import Any
 
 from edgefold import onnx_io, progress
-from edgefold.atomic import claim_output, output_directory, scratch_directory
-from edgefold.build_report import HTML_FILE, JUNIT_FILE, REPORT_FILE, layer_sizes, write_reports
+from edgefold.atomic import MANIFEST_FILE, claim_output, output_directory, scratch_directory
+from edgefold.report.assemble import HTML_FILE, JUNIT_FILE, REPORT_FILE, layer_sizes, write_reports
 from edgefold.export import export_model
-from edgefold.export.sources import tool_versions
 from edgefold.gates import evaluate_gates
 from edgefold.handle import ModelHandle
 from edgefold.hashing import sha256_file, sha256_files, sha256_json
-from edgefold.manifest import build_manifest, file_hashes, write_json
-from edgefold.model_stats import file_bytes, parameter_count
+from edgefold.manifest import BuildManifest, build_manifest, file_hashes, write_json
+from edgefold.measure import LatencyTarget, create, parse_latency_target
+from edgefold.model_stats import file_bytes
 from edgefold.passes.registry import create_pass
 from edgefold.recipe import EvalSettings, Recipe
 from edgefold.safe_names import safe_name
+from edgefold.versions import build_versions, export_versions
 
-MANIFEST_FILE = "manifest.json"
 NOT_HASHED = {MANIFEST_FILE, REPORT_FILE, JUNIT_FILE, HTML_FILE}
 
 
 @dataclass
 class BuildResult:
-    manifest: dict[str, Any]
+    """Outcome of one build: its manifest, its report, the output folder, and whether an earlier build was reused."""
+
+    manifest: BuildManifest
     report: dict[str, Any]
     output: Path
     reused: bool
 
     @property
     def gates_passed(self) -> bool:
+        """Whether every deployment gate passed."""
         return self.report["gates_passed"]
 
 
 def default_output(handle: ModelHandle, profile_name: str) -> Path:
+    """Output folder used when the recipe names none: `dist/<model>-<profile>`."""
     return Path("dist") / f"{safe_name(handle.name)}-{safe_name(profile_name, 'profile')}"
 
 
@@ -87,9 +91,11 @@ def code_fingerprint() -> str:
 
 
 def build_inputs_hash(handle: ModelHandle, recipe: Recipe, profile, passes) -> str:
+    """sha256 over everything that decides a build's result (model content, recipe, profile, versions, code,
+    files the passes read); equal hashes mean the existing output can be reused."""
     recipe_part = recipe.model_dump(mode="json", exclude={"output"})
     return sha256_json({"model": handle.source_sha256, "recipe": recipe_part,
-                        "profile": profile.model_dump(mode="json"), "versions": tool_versions(),
+                        "profile": profile.model_dump(mode="json"), "versions": build_versions(),
                         "code": code_fingerprint(), "pass_files": pass_input_files(passes)})
 
 
@@ -132,7 +138,7 @@ def _stored_report(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def report_as_reused(out_dir: Path, manifest: dict[str, Any], report: dict[str, Any], start: float) -> BuildResult:
+def report_as_reused(out_dir: Path, manifest: BuildManifest, report: dict[str, Any], start: float) -> BuildResult:
     """Same inputs, same gates: the earlier verdict stands (`edgefold check` measures again)."""
     report.update(reused=True, seconds_total=round(time.perf_counter() - start, 2))
     write_json(out_dir / REPORT_FILE, report)
@@ -147,19 +153,18 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
 
     The output folder must be absent, empty or an earlier edgefold output (`atomic.claim_output`);
     `force` also replaces edgefold's files in a folder that holds other files (those are kept)."""
-    from edgefold.compress import analyse_path, run_passes
-    from edgefold.recipe import resolve_relative
-    from edgefold.targets.profiles import load_profile
+    from edgefold.compress import run_passes
 
     start = time.perf_counter()
-    base_dir = base_dir or Path.cwd()
-    profile = load_profile(resolve_relative(recipe.profile, base_dir) or recipe.profile)
+    base_dir = Path(base_dir) if base_dir else (recipe.base_dir or Path.cwd())
+    recipe = recipe.located(base_dir)
+    profile = recipe.device
     passes = [create_pass(entry.name, entry.options, base_dir) for entry in recipe.passes]  # validate before work
     check_latency_targets(recipe)
-    out_dir = Path(output) if output else (base_dir / recipe.output if recipe.output else None)
+    out_dir = Path(output) if output else recipe.output_dir
     if out_dir is not None:
         claim_output(out_dir, force=force)  # refuse a foreign folder before any work
-    handle = export_model(resolve_relative(recipe.model, base_dir))
+    handle = export_model(recipe.model_source)
     if out_dir is None:
         out_dir = default_output(handle, profile.name)
         claim_output(out_dir, force=force)
@@ -175,39 +180,41 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     _print_metrics(f"original {handle.name}", baseline)
     metric = evaluation(handle, recipe.eval)
     with scratch_directory("build") as scratch:
-        final_path, records = run_passes(
+        run = run_passes(
             handle, passes, scratch, profile=profile, seed=recipe.seed,
             evaluate_metric=metric if recipe.eval.every_pass else None,
             min_cosine=recipe.validation.min_cosine,
         )
+        records = run.records
         final_metrics = records[-1].metrics if records and recipe.eval.every_pass else (
-            metric(final_path) if metric else {})
-        layers = layer_sizes(analyse_path(handle.path), analyse_path(final_path))
+            metric(run.final.path) if metric else {})
+        # the runner analysed the original and final files already: the same files, the same analyses
+        layers = layer_sizes(run.original.analysis, run.final.analysis)
         with output_directory(out_dir, force=force) as staging, progress.step(f"write {out_dir}"):
-            model = onnx_io.load(final_path)
-            onnx_io.save(model, staging / "model.onnx")
-            params = parameter_count(model)
-            del model
+            onnx_io.save(run.final.take_model(), staging / "model.onnx")
             manifest = build_manifest(
                 model={"name": handle.name, "task": handle.task.value, "source_sha256": handle.source_sha256,
                        "export_max_abs_error": _three_digits(handle.info.get("max_abs_error_vs_torch")),
-                       "params": parameter_count(onnx_io.load(handle.path)), "file_bytes": file_bytes(handle.path)},
+                       "params": run.original.params, "file_bytes": file_bytes(handle.path)},
                 profile={"name": profile.name, "sha256": sha256_json(profile.model_dump(mode="json"))},
                 recipe={"seed": recipe.seed, "passes": [{"name": e.name, **e.options} for e in recipe.passes],
                         "eval": recipe.eval.model_dump(), "gates": recipe.gates.model_dump()},
                 passes=[r.manifest_entry() for r in records],
                 baseline={k: float(f"{v:.6g}") for k, v in baseline.items()},
-                final={"params": params, "file_bytes": file_bytes(staging / "model.onnx"),
+                final={"params": run.final.params, "file_bytes": file_bytes(staging / "model.onnx"),
                        "metrics": {k: float(f"{v:.6g}") for k, v in final_metrics.items()}},
-                files=file_hashes(staging, exclude=NOT_HASHED),
-                versions={"edgefold": _edgefold_version(), **tool_versions()},
+                versions={"edgefold": _edgefold_version(), **export_versions()},
                 inputs_sha256=inputs_hash,
             )
-            write_json(staging / MANIFEST_FILE, manifest)
             sample = None
             if recipe.compile.enabled:
-                manifest = compile_into(staging, manifest, recipe, base_dir, final=out_dir, baseline_model=handle.path)
+                # The manifest goes to the compile stage as an object; it adds `compile` and the
+                # hashes of every file, and writes the folder's one manifest.json.
+                manifest = compile_into(staging, manifest, recipe, final=out_dir, baseline_model=handle.path)
                 sample = generate_sample(staging, manifest)
+            else:
+                manifest["files"] = file_hashes(staging, exclude=NOT_HASHED)
+                write_json(staging / MANIFEST_FILE, manifest)
             result = _finish(staging, manifest, recipe, handle, records=records, layers=layers, start=start,
                              reused=False, report_dir=out_dir, sample=sample)
     result.output = out_dir
@@ -217,21 +224,20 @@ def run_build(recipe: Recipe, *, base_dir: Path | None = None, output: Path | No
     return result
 
 
-def compile_into(folder: Path, manifest: dict[str, Any], recipe: Recipe, base_dir: Path,
-                 final: Path | None = None, baseline_model: Path | None = None) -> dict[str, Any]:
+def compile_into(folder: Path, manifest: BuildManifest, recipe: Recipe,
+                 final: Path | None = None, baseline_model: Path | None = None) -> BuildManifest:
     """TVM-compile the model in the (staging) build folder into that same folder; returns the
     build's manifest with its `compile` section."""
-    from edgefold.recipe import resolve_relative
     from edgefold.targets.tvm.artifact import compile_into_folder
 
     # seqs None: LMs get decode and a 128-token prefill when the hand-scheduled LLM path takes
     # them (seconds), decode only on the generic path (an untuned prefill costs minutes)
-    return compile_into_folder(folder, manifest, resolve_relative(recipe.profile, base_dir) or recipe.profile,
+    return compile_into_folder(folder, manifest, recipe.device,
                                trials=recipe.compile.trials, seqs=recipe.compile.seqs,
                                kv_cache=recipe.compile.kv_cache, announce_as=final, baseline_model=baseline_model)
 
 
-def generate_sample(folder: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+def generate_sample(folder: Path, manifest: BuildManifest) -> dict[str, Any] | None:
     """One greedy line from a fixed prompt, when the build compiled an LLM for this machine."""
     from edgefold.summary import SAMPLE_PROMPT, SAMPLE_TOKENS
 
@@ -246,15 +252,15 @@ def generate_sample(folder: Path, manifest: dict[str, Any]) -> dict[str, Any] | 
             "tokens_per_s": round(result.tokens_per_s, 1) if result.tokens_per_s else None}
 
 
-def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: ModelHandle, *, records, layers,
+def _finish(folder: Path, manifest: BuildManifest, recipe: Recipe, handle: ModelHandle, *, records, layers,
             start: float, reused: bool, report_dir: Path | None = None,
             sample: dict[str, Any] | None = None) -> BuildResult:
     """Measure latency gates, check all gates, write the reports into `folder`."""
-    from edgefold.kernel_profile import llm_kernel_profile
+    from edgefold.measure.kernel_times import llm_kernel_times
     from edgefold.summary import build_summary
 
     latency = measure_latency(folder / "model.onnx", handle, recipe)
-    kernels = llm_kernel_profile(folder, manifest)  # report.html's latency section
+    kernels = llm_kernel_times(folder, manifest)  # report.html's latency section
     previous = _stored_report(folder) or {}
     if layers is None:  # reused build: keep the layer table of the earlier report
         layers = previous.get("layers", [])
@@ -278,20 +284,17 @@ def _finish(folder: Path, manifest: dict[str, Any], recipe: Recipe, handle: Mode
 def check_build(recipe: Recipe, *, base_dir: Path, output: Path | None = None) -> BuildResult:
     """Re-check the gates of an existing artifact (latency is measured again)."""
     from edgefold.errors import EdgefoldError
-    from edgefold.recipe import resolve_relative
 
-    handle = export_model(resolve_relative(recipe.model, base_dir))
+    recipe = recipe.located(base_dir)
+    handle = export_model(recipe.model_source)
     if output is None and recipe.output is None:
         raise EdgefoldError("check needs the artifact folder: set output in the recipe or pass -o")
-    out_dir = Path(output) if output else base_dir / recipe.output
+    out_dir = Path(output) if output else recipe.output_dir
     manifest_path = out_dir / MANIFEST_FILE
     if not manifest_path.exists():
         raise EdgefoldError(f"no build at {out_dir}: run edgefold build first")
     manifest = json.loads(manifest_path.read_text())
     return _finish(out_dir, manifest, recipe, handle, records=[], layers=None, start=time.perf_counter(), reused=True)
-
-
-LATENCY_TARGETS = ("onnxruntime", "estimate", "tvm")  # and rpc://TRACKER:PORT/KEY
 
 
 def check_gates_measurable(recipe: Recipe, handle: ModelHandle) -> None:
@@ -305,39 +308,28 @@ def check_gates_measurable(recipe: Recipe, handle: ModelHandle) -> None:
         raise EdgefoldError(f"bad recipe: {problems[0]}")
 
 
-def check_latency_targets(recipe: Recipe) -> None:
+def check_latency_targets(recipe: Recipe) -> list[LatencyTarget]:
+    """The recipe's latency targets, parsed; an unknown one, or one that needs the TVM compile
+    the recipe turns off, is a recipe error (exit 2)."""
     from edgefold.errors import EdgefoldError
 
-    for target in recipe.gates.max_latency_ms:
-        if target not in LATENCY_TARGETS and not target.startswith("rpc://"):
-            raise EdgefoldError(f"unknown latency target {target!r} in [gates.max_latency_ms] "
-                                f"(available: {', '.join(LATENCY_TARGETS)}, rpc://TRACKER:PORT/KEY)")
-        if (target == "tvm" or target.startswith("rpc://")) and not recipe.compile.enabled:
-            raise EdgefoldError(f"latency target {target!r} needs the TVM compile: remove [compile] enabled = false")
+    where = " in [gates.max_latency_ms]"
+    targets = [parse_latency_target(text, where=where) for text in recipe.gates.max_latency_ms]
+    for target in targets:
+        if target.needs_compile and not recipe.compile.enabled:
+            raise EdgefoldError(f"latency target {target.spelling!r} needs the TVM compile: "
+                                "remove [compile] enabled = false")
+    return targets
 
 
 def measure_latency(model_path: Path, handle: ModelHandle, recipe: Recipe) -> dict[str, Any]:
-    """Latency for each target a latency gate names (onnxruntime on this host for now)."""
-    from edgefold.latency import measure_onnxruntime
-
-    check_latency_targets(recipe)
+    """The figures each latency gate compares, keyed by the target as the recipe spells it."""
+    targets = check_latency_targets(recipe)
     results: dict[str, Any] = {}
     inputs, _ = handle.reference_io()
-    for target in sorted(recipe.gates.max_latency_ms):
-        with progress.step(f"measure latency ({target})"):
-            if target == "onnxruntime":
-                results[target] = {"kind": "measured", **measure_onnxruntime(model_path, inputs)}
-            elif target == "tvm" or target.startswith("rpc://"):  # the first shape (decode for LMs)
-                from edgefold.targets.tvm.profile import profile_artifact
-
-                shapes = profile_artifact(model_path.parent, "host" if target == "tvm" else target, repeats=10)["shapes"]
-                first = next(iter(shapes.values()))
-                results[target] = first
-            else:  # estimate: the first timed shape (a decode step for LMs) on the recipe's profile
-                from edgefold.profiling import profile_model
-
-                shapes = profile_model(model_path, target, profile_name=recipe.profile, repeats=5)["shapes"]
-                results[target] = next(iter(shapes.values()))
+    for target in sorted(targets, key=lambda t: t.spelling):
+        with progress.step(f"measure latency ({target.spelling})"):
+            results[target.spelling] = create(target).gate(model_path, device=recipe.device, reference_inputs=inputs)
     return results
 
 

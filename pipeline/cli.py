@@ -102,9 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=".onnx file, built-in name or model folder")
     p.add_argument("--pass", dest="passes", action="append", default=[], metavar="NAME[:k=v,...]",
                    help="a pass to run (repeatable, in order)")
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--profile", default="host")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="folder for the compressed model (new, empty or an edgefold output)")
+    p.add_argument("--profile", default="host", help="device profile name or .toml (default: host)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the passes' random choices (default: 0)")
     p.add_argument("--eval-tokens", type=_at_least(32), default=8192, help="perplexity tokens for LMs (>= 32)")
     p.add_argument("--no-eval", action="store_true", help="skip the task metric (fidelity is still checked)")
     p.add_argument("--min-cosine", type=_cosine, default=0.5,
@@ -117,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when nothing changed; " + _FORCE_HELP)
 
     p = sub.add_parser("check", help="check a built artifact against its recipe's gates (exit 1 if one fails)")
-    p.add_argument("recipe", type=Path)
+    p.add_argument("recipe", type=Path, help="the recipe .toml the artifact was built from")
     p.add_argument("-o", "--output", type=Path, help="artifact folder (default: the recipe's output)")
 
     p = sub.add_parser("search", help="build a grid of pass settings and report the Pareto front")
@@ -128,18 +129,19 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="task metric of a model (perplexity, Spearman, agreement, accuracy)")
     p.add_argument("model", help=".onnx file or built-in name")
     p.add_argument("--reference", help="original model for agreement metrics")
-    p.add_argument("--tokens", type=_at_least(32), default=8192)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--tokens", type=_at_least(32), default=8192,
+                   help="perplexity tokens for language models (default: 8192)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = sub.add_parser("profile", help="latency of a built model on a target (measured or estimated)")
     p.add_argument("artifact", type=Path, help="a build folder (with manifest.json) or a model.onnx")
-    p.add_argument("--target", help="host (the compiled library in TVM's VM here), rpc://TRACKER:PORT/KEY (a device "
-                   "behind a TVM RPC tracker), onnxruntime (model.onnx here) or estimate (the profile's roofline); "
-                   "default: host for a compiled artifact, onnxruntime otherwise")
+    p.add_argument("--target", help="host (the compiled library in TVM's VM here; also spelled tvm), "
+                   "rpc://TRACKER:PORT/KEY (a device behind a TVM RPC tracker), onnxruntime (model.onnx here) or "
+                   "estimate (the profile's roofline); default: host for a compiled artifact, onnxruntime otherwise")
     p.add_argument("--top", type=int, default=8, help="kernels to list per shape")
     p.add_argument("--profile", help="device profile for estimate (default: the artifact's)")
-    p.add_argument("--repeats", type=_at_least(1), default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--repeats", type=_at_least(1), default=10, help="timed runs per shape (default: 10)")
+    p.add_argument("--json", action="store_true", help="print the latency result as JSON")
 
     p = sub.add_parser("simulate", help="replay real text through a phone's DRAM cache of MLP weights (DIP, DIP-CA)")
     p.add_argument("model", help="built-in name, HF model folder or .onnx (a causal LM with MLP blocks)")
@@ -184,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--count", type=_at_least(1), help="input sets per shape (default: 8 for decode, 1 otherwise)")
     p.add_argument("--repeats", type=_at_least(1), default=5, help="timed runs for the host latency")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result (comparison or generated text) as JSON")
 
     sub.add_parser("passes", help="list available passes")
     sub.add_parser("targets", help="list device profiles")
@@ -192,18 +194,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_path(name: str) -> Path:
-    """An .onnx path as given, or the cached export of a built-in name / folder."""
-    path = Path(name)
-    if path.suffix == ".onnx":
-        if not path.exists():
-            raise EdgefoldError(f"model file not found: {path}")
-        return path
-    from edgefold.export import export_model
+    """The ONNX file named on the command line (see `edgefold.export.model_file`)."""
+    from edgefold.export import model_file
 
-    return export_model(name).path
+    return model_file(name)
 
 
 def cmd_export(args) -> int:
+    """`edgefold export`: export a model to a verified ONNX file (cached), optionally copied into `--output`;
+    prints its path and the error against torch. Returns 0."""
     from edgefold.export import export_model
     from edgefold.handle import ModelHandle  # noqa: F401
 
@@ -231,6 +230,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    """`edgefold inspect`: print a model's layers, prunable groups and channel ties (table or `--json`). Returns 0."""
     from edgefold import onnx_io
     from edgefold.analysis import analyse, print_table
 
@@ -245,6 +245,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_compress(args) -> int:
+    """`edgefold compress`: apply the `--pass` list to a model without a recipe file (no compile step).
+    Returns 0 if every gate passes, 1 if one fails."""
     from edgefold.build import run_build
     from edgefold.passes.registry import parse_pass_spec
     from edgefold.recipe import CompileSettings, EvalSettings, PassEntry, Recipe, ValidationSettings
@@ -263,6 +265,8 @@ def cmd_compress(args) -> int:
 
 
 def cmd_build(args) -> int:
+    """`edgefold build`: run a build recipe (default: SmolLM2-135M for the host CPU) and print its summary.
+    Returns 0 if every gate passes, 1 if one fails."""
     from edgefold.build import run_build
     from edgefold.recipe import Recipe, load_recipe
 
@@ -279,6 +283,8 @@ def cmd_build(args) -> int:
 
 
 def cmd_check(args) -> int:
+    """`edgefold check`: re-check a built artifact against its recipe's gates, measuring latency again.
+    Returns 0 if every gate passes, 1 if one fails."""
     from edgefold.build import check_build
     from edgefold.recipe import load_recipe
 
@@ -287,6 +293,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_search(args) -> int:
+    """`edgefold search`: build the recipe's grid of pass settings, print each point (Pareto ones starred)
+    and the best. Returns 0, or 1 if no configuration meets the gates."""
     from edgefold.recipe import load_recipe
     from edgefold.search import run_search
 
@@ -308,6 +316,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    """`edgefold eval`: print a model's task metric (perplexity, Spearman, agreement, accuracy), optionally
+    against `--reference`. Returns 0; a model without a known task is an error."""
     from edgefold import onnx_io
     from edgefold.evaluate import evaluate
 
@@ -327,17 +337,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from edgefold.profiling import profile_model
-    from edgefold.targets.tvm.profile import is_compiled_artifact, profile_artifact
+    """`edgefold profile`: latency of a model or artifact on one latency target."""
+    from edgefold.measure import DEFAULT_TOP, create, parse_latency_target
+    from edgefold.targets.tvm.latency import is_compiled_artifact
 
     compiled = args.artifact.is_dir() and is_compiled_artifact(args.artifact)
-    target = args.target or ("host" if compiled else "onnxruntime")
-    if target == "host" or target.startswith("rpc://"):
+    target = parse_latency_target(args.target or ("host" if compiled else "onnxruntime"), what="profiling target")
+    runner = create(target)
+    if target.needs_compile:
         if not compiled:
             raise EdgefoldError(f"--target {target} profiles a compiled artifact: run `edgefold compile` on "
                                 f"{args.artifact} first (or use --target onnxruntime|estimate)")
-        result = profile_artifact(args.artifact, target, repeats=args.repeats, top=max(args.top, 15))
-        return _print_profile(result, args, profile_name=None)
+        result = runner.measure(args.artifact / "model.onnx", repeats=args.repeats, top=max(args.top, DEFAULT_TOP))
+        return _print_profile(result.details, args, profile_name=None)
     from edgefold.atomic import read_own_manifest
 
     if not args.artifact.exists():
@@ -347,8 +359,8 @@ def cmd_profile(args) -> int:
     if profile_name is None:
         manifest = read_own_manifest(model_path.parent) or {}
         profile_name = (manifest.get("profile") or {}).get("name") or "host"
-    result = profile_model(_model_path(str(model_path)), target, profile_name=profile_name, repeats=args.repeats)
-    return _print_profile(result, args, profile_name)
+    result = runner.measure(_model_path(str(model_path)), device=profile_name, repeats=args.repeats)
+    return _print_profile(result.details, args, profile_name)
 
 
 def _print_profile(result: dict, args, profile_name: str | None) -> int:
@@ -410,6 +422,8 @@ def _float_list(text: str | None, what: str) -> list[float] | None:
 
 
 def cmd_simulate(args) -> int:
+    """`edgefold simulate`: replay real text through a phone's DRAM cache of MLP weights for each method
+    (DIP, DIP-CA) and print or write the results. Returns 0."""
     from edgefold.simulate import default_methods, simulate
     from edgefold.simulate.report import print_table, write_outputs
 
@@ -440,6 +454,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    """`edgefold compile`: compile a model with TVM for a device profile into a deployable artifact. Returns 0."""
     from edgefold.targets.tvm import compile_model
     from edgefold.targets.tvm.buckets import parse_shape_overrides
 
@@ -456,6 +471,8 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """`edgefold run`: run a compiled artifact and compare it with onnxruntime, or with `--prompt` stream text
+    from a compiled LLM. Returns 0."""
     from edgefold.targets.tvm import run_artifact
 
     if args.prompt is not None:
@@ -498,6 +515,7 @@ def _generate(args) -> int:
 
 
 def cmd_passes(args) -> int:
+    """`edgefold passes`: list the available passes with their options. Returns 0."""
     from edgefold.passes.options import option_docs
     from edgefold.passes.registry import available_passes
 
@@ -512,6 +530,7 @@ def cmd_passes(args) -> int:
 
 
 def cmd_targets(args) -> int:
+    """`edgefold targets`: list the device profiles with their key figures, flagging invalid ones. Returns 0."""
     from edgefold.targets.profiles import available_profiles, load_profile_file, profile_figures
 
     for name, path in available_profiles().items():
@@ -532,6 +551,8 @@ COMMANDS = {"export": cmd_export, "inspect": cmd_inspect, "compress": cmd_compre
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `edgefold` command line; returns the exit code: 0 ok, 1 a gate failed, 2 bad input,
+    3 internal error, 130/143 interrupted by Ctrl-C/SIGTERM."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:

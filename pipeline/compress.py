@@ -23,6 +23,8 @@ from edgefold.passes.base import GraphPass, PassContext
 
 @dataclass
 class PassRecord:
+    """What one pass did to the model: its config and stats, the size and fidelity after it, and how long it took."""
+
     name: str
     config: dict[str, Any]
     stats: dict[str, Any]
@@ -47,14 +49,45 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: float(f"{v:.6g}") for k, v in values.items()}
 
 
-def analyse_path(path: Path):
-    """Analysis of a saved model (None if analysis cannot make sense of the graph)."""
-    from edgefold.analysis import analyse
+@dataclass
+class ModelVersion:
+    """One saved model, read from disk once: its analysis and parameter count, and the loaded
+    graph until a pass takes it."""
 
-    return analyse(onnx_io.load(path))
+    path: Path
+    analysis: Any  # edgefold.analysis.Analysis of the file
+    params: int
+    model: Any = None  # the loaded onnx_ir.Model; None once taken
+    read_seconds: float = 0.0  # loading and analysing: part of the next pass's time, as it always was
+
+    @classmethod
+    def read(cls, path: Path) -> ModelVersion:
+        """Load `path` once, analyse it and count its parameters."""
+        from edgefold.analysis import analyse
+
+        start = time.perf_counter()
+        model = onnx_io.load(path)
+        version = cls(path, analyse(model), parameter_count(model), model)  # analyse leaves the model as it is
+        version.read_seconds = time.perf_counter() - start
+        return version
+
+    def take_model(self):
+        """The loaded graph, handed over: a pass rewrites it in place, so this version lets it go."""
+        model, self.model = self.model, None
+        return model if model is not None else onnx_io.load(self.path)
+
+
+@dataclass
+class PassRun:
+    """What the pass runner hands on: the original and final models as read, one record per pass."""
+
+    original: ModelVersion
+    final: ModelVersion  # the original itself when there are no passes
+    records: list[PassRecord]
 
 
 def total_macs(analysis) -> int | None:
+    """The model's total MACs from an analysis, or None when there is no analysis or it has no MAC count."""
     if analysis is None:
         return None
     totals = getattr(analysis, "totals", None) or {}
@@ -71,8 +104,11 @@ def run_passes(
     seed: int = 0,
     evaluate_metric: Callable[[Path], dict[str, float]] | None = None,
     min_cosine: float = 0.5,
-) -> tuple[Path, list[PassRecord]]:
-    """Apply `passes` to `handle`'s model; returns the final model path and one record per pass.
+) -> PassRun:
+    """Apply `passes` to `handle`'s model; returns the original and final models and one record per pass.
+
+    Each model version is read and analysed once: a pass's output analysis is the next pass's
+    input analysis, and the build reuses the first and last.
 
     A pass whose outputs fall below `min_cosine` against the original model's (on the
     reference inputs) stops the run: a model that far off is not a compressed version of
@@ -81,20 +117,19 @@ def run_passes(
     from edgefold.hashing import sha256_files
 
     inputs, reference_outputs = handle.reference_io()
-    current = handle.path
+    original = current = ModelVersion.read(handle.path)
     records: list[PassRecord] = []
     for index, graph_pass in enumerate(passes, start=1):
         title = f"pass {index}/{len(passes)}: {graph_pass.name}"
         with progress.step(title):
             start = time.perf_counter()
-            model = onnx_io.load(current)
-            analysis = analyse_path(current)
-            context = PassContext(analysis=analysis, profile=profile, seed=seed,
-                                  workdir=workdir, model_path=current)
+            model = current.take_model()
+            context = PassContext(analysis=current.analysis, profile=profile, seed=seed,
+                                  workdir=workdir, model_path=current.path)
             outcome = graph_pass.run(model, context)
             step_path = onnx_io.save(outcome.model, workdir / f"{index:02d}-{graph_pass.name}" / "model.onnx")
             del model, outcome.model
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start + current.read_seconds
             try:
                 onnx_io.check(step_path)
                 outputs = onnx_io.run(onnx_io.session(step_path), inputs) if inputs else {}
@@ -103,14 +138,14 @@ def run_passes(
             fidelity = output_error(reference_outputs, outputs) if inputs else {}
             _check_fidelity_floor(graph_pass.name, fidelity, min_cosine)
             metrics = evaluate_metric(step_path) if evaluate_metric else {}
-            new_analysis = analyse_path(step_path)
+            output = ModelVersion.read(step_path)
             records.append(PassRecord(
                 name=graph_pass.name,
                 config=graph_pass.config.model_dump(mode="json"),
                 stats=outcome.stats,
-                params=parameter_count(onnx_io.load(step_path)),
+                params=output.params,
                 file_bytes=file_bytes(step_path),
-                macs=total_macs(new_analysis),
+                macs=total_macs(output.analysis),
                 fidelity=fidelity,
                 metrics=metrics,
                 seconds=round(seconds, 3),
@@ -118,8 +153,8 @@ def run_passes(
             ))
             summary = ", ".join(f"{k} {v:.4g}" for k, v in {**fidelity, **metrics}.items())
             progress.info(f"    {graph_pass.name}: {summary or 'no reference outputs'}")
-        current = step_path
-    return current, records
+        current = output
+    return PassRun(original, current, records)
 
 
 def _check_fidelity_floor(name: str, fidelity: dict[str, float], min_cosine: float) -> None:

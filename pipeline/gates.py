@@ -17,18 +17,15 @@ class Gates(pydantic.BaseModel):
     """Recipe `[gates]`: every field optional; only the ones set are checked."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-    max_artifact_mb: float | None = pydantic.Field(default=None, gt=0)
+    max_artifact_mb: float | None = pydantic.Field(default=None, gt=0, description="largest model file, in MB")
     max_perplexity_increase: float | None = pydantic.Field(
         default=None, ge=0, description="relative: 0.05 allows +5% over the original model")
     max_spearman_drop: float | None = pydantic.Field(default=None, ge=0, description="absolute drop in Lee Spearman")
-    min_top1_agreement: float | None = pydantic.Field(default=None, ge=0, le=1)
-    min_accuracy: float | None = pydantic.Field(default=None, ge=0, le=1)
+    min_top1_agreement: float | None = pydantic.Field(
+        default=None, ge=0, le=1, description="image classifiers: least top-1 agreement with the original model")
+    min_accuracy: float | None = pydantic.Field(default=None, ge=0, le=1, description="digits: least test accuracy")
     max_latency_ms: dict[str, float] = pydantic.Field(
-        default_factory=dict, description="per profiling target (host, estimate, rpc://...): max median ms")
-
-    def is_empty(self) -> bool:
-        return all(v in (None, {}) for v in self.model_dump().values())
-
+        default_factory=dict, description="per latency target (onnxruntime, host, estimate, rpc://...): max median ms")
 
 # Which tasks can measure each quality gate (their metric comes from `edgefold.evaluate`).
 _GATE_TASKS = {
@@ -55,6 +52,8 @@ def unmeasurable_gates(gates: Gates, task: str, *, evaluated: bool = True) -> li
 
 @dataclass
 class GateResult:
+    """One gate's verdict: the measured number, its limit, pass/fail, and a line explaining it."""
+
     name: str
     measured: float | None
     limit: float
@@ -62,6 +61,7 @@ class GateResult:
     detail: str
 
     def as_dict(self) -> dict[str, Any]:
+        """This verdict as a plain dict for report.json."""
         return asdict(self)
 
 

@@ -13,6 +13,8 @@ from edgefold.models.metadata import Task
 
 @dataclass
 class ModelHandle:
+    """An exported ONNX model and what later stages need about it (task, tokenizer, source hash, reference I/O)."""
+
     path: Path  # model.onnx (external data beside it)
     name: str  # short name used for output folders
     task: Task
@@ -22,6 +24,7 @@ class ModelHandle:
     info: dict[str, Any] = field(default_factory=dict)  # export facts: error, seconds, versions
 
     def reference_io(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Recorded reference inputs and outputs, by tensor name; two empty dicts when there is no reference file."""
         if self.reference is None:
             return {}, {}
         with np.load(self.reference) as data:

@@ -11,6 +11,7 @@ CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's contents."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
@@ -29,8 +30,10 @@ def sha256_files(paths: Iterable[Path], root: Path | None = None) -> str:
 
 
 def sha256_json(value: Any) -> str:
+    """Hex sha256 of a JSON-serialisable value, independent of dict key order."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of `data`."""
     return hashlib.sha256(data).hexdigest()

@@ -25,10 +25,12 @@ def defer_now() -> bool:
 
 
 def record(signum: int) -> None:
+    """Remember a signal that arrived during native calls, to be raised once they return."""
     _pending.append(signum)
 
 
 def exception_for(signum: int) -> BaseException:
+    """The exception a signal should raise: Terminated for SIGTERM, KeyboardInterrupt otherwise."""
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
@@ -56,6 +58,7 @@ def check() -> None:
 
 
 def reset() -> None:
+    """Forget any deferred signals and leave native-call mode (start of a fresh CLI run)."""
     global _depth
     _depth = 0
     _pending.clear()

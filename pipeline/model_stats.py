@@ -9,6 +9,7 @@ from edgefold import onnx_io
 
 
 def file_bytes(model_path: Path) -> int:
+    """Size on disk of a model: the .onnx file plus its external-data file, in bytes."""
     return sum(p.stat().st_size for p in onnx_io.model_files(Path(model_path)))
 
 

@@ -24,6 +24,7 @@ EXTERNAL_THRESHOLD_BYTES = 1024
 
 
 def data_path_for(model_path: Path) -> Path:
+    """Path of the external-data file kept beside `model_path` (`model.onnx` -> `model.onnx.data`)."""
     return model_path.with_name(model_path.name + EXTERNAL_DATA_SUFFIX)
 
 
@@ -162,6 +163,7 @@ def check(path: str | os.PathLike) -> None:
 
 
 def opset_version(proto: onnx.ModelProto) -> int:
+    """The model's default-domain ONNX opset version, or 0 if it imports none."""
     for entry in proto.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return entry.version

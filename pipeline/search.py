@@ -70,23 +70,22 @@ def run_search(recipe: Recipe, space: SearchSpace, *, base_dir: Path, output: Pa
 
 
 def _search_into(recipe: Recipe, space: SearchSpace, *, base_dir: Path, staging: Path, final: Path) -> dict[str, Any]:
-    from edgefold.build import run_build
+    from edgefold.build import check_latency_targets, run_build
     from edgefold.evaluate import primary_metric
-    from edgefold.latency import measure_onnxruntime
-
+    from edgefold.measure import create
     from edgefold.recipe import CompileSettings
 
     points: list[dict[str, Any]] = []
     configs = configurations(recipe, space)
     # Candidates are ranked on onnxruntime latency; the TVM compile runs only when a gate needs it.
-    needs_compile = any(t == "tvm" or t.startswith("rpc://") for t in recipe.gates.max_latency_ms)
+    needs_compile = any(target.needs_compile for target in check_latency_targets(recipe))
     for index, (setting, candidate) in enumerate(configs):
         progress.info(f"search {index + 1}/{len(configs)}: {setting}")
         if not needs_compile:
             candidate = candidate.model_copy(update={"compile": CompileSettings(enabled=False)})
         result = run_build(candidate, base_dir=base_dir, output=staging / "search" / f"{index:02d}")
         inputs, _ = _reference_inputs(candidate, base_dir)
-        latency = measure_onnxruntime(result.output / "model.onnx", inputs, repeats=5)["median_ms"]
+        latency = create("onnxruntime").gate(result.output / "model.onnx", reference_inputs=inputs, repeats=5)["median_ms"]
         metrics = result.manifest["final"]["metrics"]
         points.append({"setting": setting, "folder": f"search/{index:02d}", "latency_ms": latency,
                        "file_mb": result.manifest["final"]["file_bytes"] / 1e6, **metrics,
@@ -119,7 +118,7 @@ def _search_into(recipe: Recipe, space: SearchSpace, *, base_dir: Path, staging:
 def _add_search_to_report(folder: Path, summary: dict[str, Any]) -> None:
     """The chosen build's report also shows how it was chosen (the Pareto chart); report.json and
     report.html are not among the hashed files of its manifest, so the folder stays intact."""
-    from edgefold.build_report import HTML_FILE, REPORT_FILE
+    from edgefold.report.assemble import HTML_FILE, REPORT_FILE
     from edgefold.manifest import write_json
     from edgefold.report.html import write_html
 
@@ -131,6 +130,5 @@ def _add_search_to_report(folder: Path, summary: dict[str, Any]) -> None:
 
 def _reference_inputs(recipe: Recipe, base_dir: Path):
     from edgefold.export import export_model
-    from edgefold.recipe import resolve_relative
 
-    return export_model(resolve_relative(recipe.model, base_dir)).reference_io()
+    return export_model(recipe.located(base_dir).model_source).reference_io()

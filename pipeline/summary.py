@@ -27,6 +27,7 @@ _FILE_ROLES = {
 
 
 def compile_report(folder: Path) -> dict[str, Any]:
+    """The artifact's compile-report.json as a dict; empty if the file is missing or unreadable."""
     path = Path(folder) / COMPILE_REPORT
     try:
         return json.loads(path.read_text()) if path.is_file() else {}

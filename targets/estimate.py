@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+from edgefold.timing import DEFAULT_TOP
 
 
 @dataclass
 class KernelEstimate:
+    """Roofline cost of one weighted layer: bytes read, FLOPs, ms, and whether memory or compute bounds it."""
+
     name: str
     kind: str
     bytes: float
@@ -47,7 +50,8 @@ def roofline(layers, profile, *, tokens: int = 1, precision: str = "fp32") -> li
     return kernels
 
 
-def estimate(layers, profile, *, tokens: int = 1, calibration: float = 1.0, top: int = 15) -> dict[str, Any]:
+def estimate(layers, profile, *, tokens: int = 1, calibration: float = 1.0, top: int = DEFAULT_TOP) -> dict[str, Any]:
+    """Estimated latency report for `profile`: calibrated total ms and the `top` slowest layers with their share."""
     kernels = roofline(layers, profile, tokens=tokens)
     total = sum(k.ms for k in kernels) * calibration
     ranked = sorted(kernels, key=lambda k: -k.ms)

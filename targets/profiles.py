@@ -23,6 +23,8 @@ WeightFormat = Literal["fp32", "fp16", "int8", "int4", "fp8"]
 
 
 class MemorySpec(pydantic.BaseModel):
+    """One memory of a device (DRAM or flash): size, sustained read bandwidth, optional weight budget."""
+
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     size_gb: float = pydantic.Field(gt=0)
     bandwidth_gbps: float = pydantic.Field(gt=0, description="sustained read bandwidth, GB/s")
@@ -33,6 +35,8 @@ class MemorySpec(pydantic.BaseModel):
 
 
 class DeviceProfile(pydantic.BaseModel):
+    """A target device as its profile TOML describes it: TVM target, cores, memories, peak compute, formats."""
+
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     name: str
@@ -82,6 +86,7 @@ def _search_dirs() -> list[Path]:
 
 
 def available_profiles() -> dict[str, Path]:
+    """Profile name -> TOML file, from $EDGEFOLD_PROFILES folders and the built-ins (earlier folders win)."""
     found: dict[str, Path] = {}
     for folder in reversed(_search_dirs()):  # earlier folders override built-ins
         for path in sorted(folder.glob("*.toml")):
@@ -90,6 +95,7 @@ def available_profiles() -> dict[str, Path]:
 
 
 def load_profile_file(path: Path) -> DeviceProfile:
+    """The DeviceProfile in a TOML file, `detect` values filled in from this machine; EdgefoldError if bad."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:

@@ -39,6 +39,7 @@ class CalibrationRun:
     text_sha256: str | None = None  # of the user's documents that were run (calibration_text)
 
     def stats(self) -> dict:
+        """The calibration's entries for a pass's stats: samples run, and the digest of the user's text if any."""
         extra = {"calibration_text_sha256": self.text_sha256} if self.text_sha256 else {}
         return {"calibration_samples": self.samples, **extra}
 
@@ -88,13 +89,13 @@ def calibration_feeds(model_path: Path, samples: int, who: str, fallback: str,
             feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
         return feeds
     if task is Task.IMAGE_CLASSIFIER:
-        from edgefold.evaluate.data import sample_photos
-        from edgefold.evaluate.vision import image_batch
+        from edgefold.datasets import sample_photos
+        from edgefold.datasets import image_batch
 
         photos = [np.ascontiguousarray(p[:, ::-1]) for p in sample_photos()[:samples]]
         return [{"image": image_batch([p]).astype(np.float32)} for p in photos]
     if task is Task.DIGITS_CLASSIFIER:
-        from edgefold.evaluate.data import digits_split
+        from edgefold.datasets import digits_split
 
         train, _, _, _ = digits_split()
         return [{"image": np.asarray(train[i * 8:(i + 1) * 8], np.float32)} for i in range(samples)]

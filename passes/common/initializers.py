@@ -7,10 +7,12 @@ import onnx_ir as ir
 
 
 def node_by_name(model: ir.Model) -> dict[str, ir.Node]:
+    """Every named node of the model, subgraphs included, by name."""
     return {node.name: node for node in model.graph.all_nodes() if node.name}
 
 
 def array(model: ir.Model, name: str) -> np.ndarray:
+    """The contents of initializer `name` as a numpy array."""
     value = model.graph.initializers[name]
     return value.const_value.numpy()
 

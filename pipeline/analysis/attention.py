@@ -35,6 +35,7 @@ MAX_WALK_NODES = 96
 
 
 def find_attentions(ix: GraphIndex, linears: Linears) -> tuple[list[AttentionGroup], list[str]]:
+    """Attention blocks found from each Softmax, plus notes on Softmaxes that did not resolve to one."""
     groups: list[AttentionGroup] = []
     notes: list[str] = []
     claimed: set[str] = set()

@@ -31,6 +31,7 @@ MAX_REGION_NODES = 48
 
 
 def find_ffns(ix: GraphIndex, linears: Linears) -> tuple[list[FfnGroup], list[str]]:
+    """MLP blocks found in the graph, plus notes on candidates left as is (and why)."""
     groups: list[FfnGroup] = []
     notes: list[str] = []
     for consumer in linears.refs:

@@ -25,6 +25,8 @@ _FOLD_DEPTH = 4
 
 
 class GraphIndex:
+    """Read-only lookups over a model's main graph: producers, consumers, constants, shapes and labels."""
+
     def __init__(self, model: ir.Model):
         self.model = model
         self.graph = model.graph
@@ -50,6 +52,7 @@ class GraphIndex:
 
     # --- structure -----------------------------------------------------------------
     def producer(self, value: ir.Value | None) -> ir.Node | None:
+        """Main-graph node that writes `value`, or None for graph inputs, initializers and subgraph values."""
         if value is None:
             return None
         node = value.producer()
@@ -74,15 +77,19 @@ class GraphIndex:
         return [n for n in self.consumers(value) if not metadata_only(n, value)]
 
     def node(self, name: str) -> ir.Node:
+        """Main-graph node with this name (KeyError if there is none)."""
         return self._by_name[name]
 
     def value(self, name: str) -> ir.Value | None:
+        """Graph input, initializer or node output with this name, or None."""
         return self._values.get(name)
 
     def is_graph_output(self, value: ir.Value) -> bool:
+        """Whether `value` is one of the graph's outputs."""
         return value.is_graph_output()
 
     def order(self, node: ir.Node) -> int:
+        """Position of `node` in the main graph's topological order."""
         return self.position[id(node)]
 
     # --- constants -----------------------------------------------------------------
@@ -93,6 +100,7 @@ class GraphIndex:
         return value
 
     def is_constant(self, value: ir.Value | None, _depth: int = 0) -> bool:
+        """Whether `value` is fixed at export time: an initializer, a Constant, or a cast/reshape of one."""
         if value is None:
             return False
         if self.initializer(value) is not None:
@@ -109,6 +117,7 @@ class GraphIndex:
         return False
 
     def const_shape(self, value: ir.Value) -> tuple[int, ...] | None:
+        """Static shape of a constant (or any fully known value), or None if it cannot be told."""
         if self.initializer(value) is not None:
             tensor = value.const_value
             if tensor is not None:
@@ -120,10 +129,12 @@ class GraphIndex:
         return None if array is None else tuple(array.shape)
 
     def const_numel(self, value: ir.Value) -> int | None:
+        """Element count of `value` from its static shape, or None if the shape is unknown."""
         shape = self.const_shape(value)
         return None if shape is None else int(np.prod(shape, dtype=np.int64))
 
     def is_scalar_constant(self, value: ir.Value | None) -> bool:
+        """Whether `value` is a constant holding exactly one element."""
         return self.is_constant(value) and self.const_numel(value) == 1  # type: ignore[arg-type]
 
     def small_const(self, value: ir.Value | None) -> np.ndarray | None:
@@ -180,6 +191,7 @@ class GraphIndex:
         return self._inferred.get(value.name or "")
 
     def static_dim(self, value: ir.Value | None, axis: int) -> int | None:
+        """Size of `value` along `axis` (negative counts from the end); None if symbolic or unknown."""
         dims = self.shape(value)
         if dims is None or not -len(dims) <= axis < len(dims):
             return None
@@ -188,6 +200,7 @@ class GraphIndex:
     # --- attributes ----------------------------------------------------------------
     @staticmethod
     def attr(node: ir.Node, name: str, default=None):
+        """Value of the node's attribute `name`, or `default` when the node does not set it."""
         attribute = node.attributes.get(name)
         return default if attribute is None else attribute.value
 
@@ -213,6 +226,7 @@ class GraphIndex:
         return self._label_cache[key]
 
     def label(self, node: ir.Node) -> str:
+        """Human-readable name for `node`: its innermost torch module path, else its name or op type."""
         scopes = self.scopes(node)
         return scopes[-1] if scopes else node.name or node.op_type
 

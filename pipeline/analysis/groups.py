@@ -65,14 +65,17 @@ class FfnGroup:
 
     @property
     def gate(self) -> LinearRef | None:
+        """The gate projection (the branch through the activation); None for a plain MLP."""
         return self.producers[0] if self.kind == "gated" else None
 
     @property
     def up(self) -> LinearRef:
+        """The up projection (the only producer of a plain MLP)."""
         return self.producers[-1]
 
     @property
     def down(self) -> LinearRef:
+        """The down projection, which reads the intermediate channels."""
         return self.consumer
 
 
@@ -188,6 +191,7 @@ class WeightStorage:
 
     @property
     def bits(self) -> float:
+        """Stored bits per weight element, counting scales and zero points; 0.0 for an empty tensor."""
         return 8.0 * self.bytes / self.elements if self.elements else 0.0
 
     def keys(self) -> tuple[str, ...]:
@@ -220,6 +224,7 @@ class Analysis:
     weights: list[WeightStorage] = field(default_factory=list)  # each weight once, as stored
 
     def summary(self) -> dict[str, int]:
+        """Counts of what was found (groups, ties, layers, left-as-is), keyed by short names for tables and JSON."""
         depthwise = sum(1 for g in self.conv_groups if g.depthwise)
         ties: dict[str, int] = {}
         for tie in self.ties:

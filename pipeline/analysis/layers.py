@@ -23,6 +23,7 @@ NORM_OPS = {
 
 
 def model_kind(ix: GraphIndex) -> str:
+    """Model kind: "image" if the graph has a Conv (MACs per image), else "sequence" (MACs per token)."""
     return "image" if any(n.op_type == "Conv" for n in ix.nodes) else "sequence"
 
 

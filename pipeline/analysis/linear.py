@@ -27,6 +27,7 @@ class Linears:
 
 
 def find_linears(ix: GraphIndex) -> Linears:
+    """Every linear layer (MatMul/Gemm with an initializer weight) in the graph, in graph order."""
     refs = []
     for node in ix.nodes:
         ref = linear_at(ix, node)
@@ -36,6 +37,7 @@ def find_linears(ix: GraphIndex) -> Linears:
 
 
 def linear_at(ix: GraphIndex, node: ir.Node) -> LinearRef | None:
+    """The linear layer `node` computes, or None if it is not a named MatMul/Gemm with an initializer weight."""
     if node.domain not in ("", "ai.onnx") or not node.name:
         return None
     if node.op_type == "MatMul" and len(node.inputs) == 2:

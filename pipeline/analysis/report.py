@@ -60,6 +60,7 @@ def print_table(analysis: Analysis, console: Console | None = None) -> None:
 
 
 def human(n: int | float) -> str:
+    """Count with a k/M/G suffix and two decimals (e.g. 1.23M); plain integer below 1000."""
     n = float(n)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
@@ -68,6 +69,7 @@ def human(n: int | float) -> str:
 
 
 def human_bytes(n: int | float) -> str:
+    """Byte count in binary units with one decimal (e.g. 1.5 MiB); plain bytes below 1 KiB."""
     n = float(n)
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= scale:

@@ -12,6 +12,8 @@ from edgefold.analysis.groups import AttentionGroup, ChannelTie, FfnGroup
 
 
 def residual_stream(ix: GraphIndex, ffns: list[FfnGroup], attentions: list[AttentionGroup]) -> ChannelTie | None:
+    """The tie over the hidden dimension shared by every attention/FFN output that adds into the residual stream;
+    None if no block output feeds a residual Add."""
     writers = {a.o.output: a.name for a in attentions}
     writers.update({f.consumer.output: f.name for f in ffns})
     found = []

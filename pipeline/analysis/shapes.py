@@ -20,6 +20,8 @@ _STUB_ABOVE_BYTES = 4096
 
 
 def infer_missing(model: ir.Model) -> dict[str, Dims]:
+    """Shapes inferred by ONNX for node outputs the file leaves unshaped, by value name (None for unknown dims);
+    empty if nothing is missing or inference fails."""
     missing = {v.name for node in model.graph for v in node.outputs if v.shape is None and v.name}
     if not missing:
         return {}

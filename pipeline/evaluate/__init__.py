@@ -33,6 +33,7 @@ PRIMARY_METRICS: dict[Task, tuple[str, bool]] = {
 
 
 def resolve_task(task: Task | str) -> Task:
+    """The Task for a Task or its name; unknown names are an error listing the known tasks."""
     if isinstance(task, Task):
         return task
     try:

@@ -29,6 +29,7 @@ def as_tokenizer(tokenizer_or_ref):
 
 
 def input_named(session, name: str):
+    """The session's input with this name, or None."""
     for entry in session.get_inputs():
         if entry.name == name:
             return entry
@@ -36,10 +37,12 @@ def input_named(session, name: str):
 
 
 def first_input(session):
+    """The session's first declared input."""
     return session.get_inputs()[0]
 
 
 def output_name(session, preferred: str) -> str:
+    """`preferred` if the session has an output of that name, else the name of its first output."""
     names = [o.name for o in session.get_outputs()]
     return preferred if preferred in names else names[0]
 
@@ -53,6 +56,7 @@ def fixed_batch(session) -> int | None:
 
 
 def fixed_dim(session, input_name: str, axis: int) -> int | None:
+    """Size the model fixes for `axis` of the named input (or its first input); None when that dim is dynamic."""
     entry = input_named(session, input_name) or first_input(session)
     shape = entry.shape or []
     if len(shape) > axis and isinstance(shape[axis], int) and shape[axis] > 0:
@@ -68,5 +72,6 @@ def log_softmax64(logits: np.ndarray) -> np.ndarray:
 
 
 def batches(n: int, size: int):
+    """(start, stop) index ranges that cover `n` items in batches of at most `size`."""
     for start in range(0, n, size):
         yield start, min(n, start + size)

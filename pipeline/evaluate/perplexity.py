@@ -16,7 +16,7 @@ import numpy as np
 from edgefold import onnx_io, progress
 from edgefold.errors import EdgefoldError
 from edgefold.evaluate import common
-from edgefold.evaluate.data import wikipedia_text
+from edgefold.datasets import wikipedia_text
 
 # Logits are chunk x vocab floats (512 x 49152 x 4 B = 100 MB for SmolLM2): run a few
 # windows at a time when the batch dimension is dynamic, not all of them.

@@ -14,7 +14,7 @@ import numpy as np
 from edgefold import onnx_io, progress
 from edgefold.errors import EdgefoldError
 from edgefold.evaluate import common
-from edgefold.evaluate.data import LEE_DOCUMENTS, lee_documents, lee_pair_indices
+from edgefold.datasets import LEE_DOCUMENTS, lee_documents, lee_pair_indices
 
 # all-MiniLM-L6-v2's sentence-transformers max_seq_length; every Lee document fits (<= 154 tokens).
 MAX_TOKENS = 256
@@ -63,6 +63,8 @@ def lee_spearman(session, tokenizer) -> float:
 
 
 class SpearmanDifference(NamedTuple):
+    """Lee Spearman of one model minus another's, with a 95% paired-bootstrap interval."""
+
     observed: float  # Spearman(a) - Spearman(b) on the 1,225 pairs
     low: float  # 2.5th percentile of the paired bootstrap
     high: float  # 97.5th percentile

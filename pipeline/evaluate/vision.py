@@ -1,9 +1,7 @@
 """Image-classifier metrics: agreement with a reference model on real photos, digits accuracy.
 
-Preprocessing: RGB, resize the shorter side to 256 (PIL bilinear, antialiased when
-shrinking), center crop 224, then (pixel - 127) / 128 per channel, NCHW float32.
-
-Normalisation: efficientnet_lite_pytorch's README shows torchvision's ImageNet
+Images are preprocessed by `edgefold.datasets.image_batch` (shorter side 256, centre crop
+224, (pixel - 127) / 128). Normalisation: efficientnet_lite_pytorch's README shows torchvision's ImageNet
 `Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])`, but that text is copied from
 efficientnet_pytorch (B0-B7); the Lite0 weights are converted straight from Google's
 TF EfficientNet-Lite checkpoints, which were trained with inception-style
@@ -15,44 +13,14 @@ of 0.90 with 127/128, against 4.4 with the ImageNet mean/std.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from edgefold import onnx_io, progress
 from edgefold.errors import EdgefoldError
 from edgefold.evaluate import common
-from edgefold.evaluate.data import digits_split, sample_photos
+from edgefold.datasets import IMAGE_SIZE, digits_split, image_batch, sample_photos
 
-IMAGE_SIZE = 224
-CROP_FRACTION = 0.875  # 224 / 256
-# Per-channel mean and std on 0..255 pixels (inception style, as the TF Lite checkpoints).
-PIXEL_MEAN = np.array([127.0, 127.0, 127.0], dtype=np.float32)
-PIXEL_STD = np.array([128.0, 128.0, 128.0], dtype=np.float32)
 BATCH = 16
-
-
-def preprocess(photo: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One HxWx3 uint8 RGB photo -> float32 [3, size, size], normalised."""
-    from PIL import Image
-
-    photo = np.asarray(photo)
-    if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
-        raise EdgefoldError(f"expected an HxWx3 uint8 RGB image, got {photo.dtype} {photo.shape}")
-    h, w = photo.shape[:2]
-    short = int(round(size / CROP_FRACTION))
-    scale = short / min(h, w)
-    new_w, new_h = max(short, int(round(w * scale))), max(short, int(round(h * scale)))
-    img = Image.fromarray(photo).resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    x = (np.asarray(img, dtype=np.float32) - PIXEL_MEAN) / PIXEL_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def image_batch(photos: Sequence[np.ndarray], size: int = IMAGE_SIZE) -> np.ndarray:
-    """float32 [N, 3, size, size] for a list of HxWx3 uint8 photos."""
-    return np.stack([preprocess(p, size) for p in photos]).astype(np.float32)
 
 
 def _input_size(session) -> int:
@@ -131,5 +99,6 @@ def digits_accuracy(session, seed: int = 0) -> float:
 
 
 def digits_agreement(reference_session, candidate_session, seed: int = 0) -> dict[str, float]:
+    """Top-1 agreement and KL of a candidate against a reference on the fixed digits test split."""
     _, _, x_test, _ = digits_split(seed)
     return agreement(logits(reference_session, x_test, "reference"), logits(candidate_session, x_test, "candidate"))

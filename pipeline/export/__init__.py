@@ -14,13 +14,29 @@ from typing import Any
 
 from edgefold.errors import EdgefoldError
 from edgefold.export.onnx_import import import_onnx
-from edgefold.export.pipeline import MODEL_FILE, export_plan, is_cache_folder, load_cached
+from edgefold.export.execute import MODEL_FILE, export_plan, is_cache_folder, load_cached
 from edgefold.export.sources import builtin_plan, hf_folder_plan, module_plan
 from edgefold.handle import ModelHandle
 from edgefold.models.builtin import BUILTINS
 from edgefold.models.metadata import Task
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def model_file(model: str | Path) -> Path:
+    """The ONNX file a command works on: an .onnx path as given, the model.onnx of a folder edgefold
+    wrote (a build or artifact), or the cached export of a built-in name or Hugging Face folder."""
+    from edgefold.atomic import read_own_manifest
+
+    path = Path(model)
+    if str(model) not in BUILTINS and path.is_dir() and (path / MODEL_FILE).is_file() \
+            and read_own_manifest(path) is not None:
+        return path / MODEL_FILE
+    if path.suffix == ".onnx":
+        if not path.exists():
+            raise EdgefoldError(f"model file not found: {path}")
+        return path
+    return export_model(str(model)).path
 
 
 def export_model(source: str | Path | None = None, *, force: bool = False) -> ModelHandle:
@@ -54,4 +70,4 @@ def export_module(module, example_inputs: dict[str, Any], *, name: str = "model"
     return export_plan(plan, force=force)
 
 
-__all__ = ["DEFAULT_MODEL", "export_model", "export_module"]
+__all__ = ["DEFAULT_MODEL", "export_model", "export_module", "model_file"]

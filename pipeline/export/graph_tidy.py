@@ -39,6 +39,7 @@ def module_path(node: ir.Node) -> str | None:
 
 
 def strip_volatile_metadata(model: ir.Model) -> None:
+    """Remove machine-specific exporter metadata (stack traces, fx nodes) in place; module paths stay."""
     for node in model.graph.all_nodes():
         for key in _VOLATILE_KEYS:
             node.metadata_props.pop(key, None)

@@ -19,11 +19,12 @@ import onnx
 from edgefold import onnx_io, progress
 from edgefold.atomic import cache_directory
 from edgefold.errors import EdgefoldError
-from edgefold.export.pipeline import INFO_FILE, MODEL_FILE, REFERENCE_FILE, cache_folder, load_cached
-from edgefold.export.sources import OPSET, cache_key, tool_versions
+from edgefold.export.execute import INFO_FILE, MODEL_FILE, REFERENCE_FILE, cache_folder, load_cached
+from edgefold.export.sources import OPSET, cache_key
+from edgefold.versions import export_versions
 from edgefold.handle import ModelHandle
 from edgefold.hashing import sha256_files
-from edgefold.models.metadata import MODEL_KEY, SOURCE_KEY, TASK_KEY, Task, model_task
+from edgefold.models.metadata import MODEL_KEY, SOURCE_KEY, TASK_KEY, model_task
 
 # Largest synthetic input (elements): 1 GiB of float32. A declared dim of 1e12 or 2**62 is refused.
 MAX_INPUT_ELEMENTS = 1 << 28
@@ -62,6 +63,7 @@ def synthetic_inputs(proto: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndar
 
 
 def import_onnx(path: Path, *, force: bool = False) -> ModelHandle:
+    """Check, upgrade, run and cache an existing .onnx file and return its handle; reuses the cache unless `force`."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise EdgefoldError(f"{path} is empty (0 bytes), not an ONNX model")
@@ -105,7 +107,7 @@ def import_onnx(path: Path, *, force: bool = False) -> ModelHandle:
         info = {"name": name, "task": model_task(meta).value, "tokenizer": meta.get("edgefold.tokenizer"),
                 "source_sha256": key, "input_sha256": content, "opset": max(opset, OPSET),
                 "imported_from": str(path), "seconds": round(time.perf_counter() - start, 2),
-                "versions": tool_versions()}
+                "versions": export_versions()}
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
     handle = load_cached(folder, key)
     assert handle is not None

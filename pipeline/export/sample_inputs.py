@@ -13,7 +13,7 @@ from edgefold.models.metadata import Task, load_tokenizer
 
 
 def _token_windows(tokenizer, lengths: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
-    from edgefold.evaluate.data import wikipedia_text
+    from edgefold.datasets import wikipedia_text
 
     ids = tokenizer(wikipedia_text()[:20000], add_special_tokens=False)["input_ids"]
     sets, offset = [], 0
@@ -27,7 +27,7 @@ def _token_windows(tokenizer, lengths: list[tuple[int, int]]) -> list[dict[str, 
 
 
 def _sentence_batches(tokenizer, sizes: list[int]) -> list[dict[str, np.ndarray]]:
-    from edgefold.evaluate.data import lee_documents
+    from edgefold.datasets import lee_documents
 
     documents = lee_documents()
     sets, offset = [], 0
@@ -41,8 +41,8 @@ def _sentence_batches(tokenizer, sizes: list[int]) -> list[dict[str, np.ndarray]
 
 
 def _image_batches(sizes: list[int]) -> list[dict[str, np.ndarray]]:
-    from edgefold.evaluate.data import sample_photos
-    from edgefold.evaluate.vision import image_batch
+    from edgefold.datasets import sample_photos
+    from edgefold.datasets import image_batch
 
     photos = sample_photos()
     sets, offset = [], 0
@@ -53,7 +53,7 @@ def _image_batches(sizes: list[int]) -> list[dict[str, np.ndarray]]:
 
 
 def _digit_batches(sizes: list[int]) -> list[dict[str, np.ndarray]]:
-    from edgefold.evaluate.data import digits_split
+    from edgefold.datasets import digits_split
 
     _, _, test_images, _ = digits_split()
     sets, offset = [], 0

@@ -19,6 +19,7 @@ from edgefold.errors import EdgefoldError
 from edgefold.hashing import sha256_file, sha256_files, sha256_json
 from edgefold.models import builtin
 from edgefold.models.metadata import Task
+from edgefold.versions import export_versions
 
 # Bump when the export code changes what it writes, to invalidate cached exports.
 EXPORT_FORMAT_VERSION = 1
@@ -29,6 +30,9 @@ OPSET = 21
 
 @dataclass
 class ExportPlan:
+    """How to export one model: build its torch module, its input/output names and dynamic axes, real inputs,
+    and a fingerprint of what the result depends on."""
+
     name: str
     task: Task
     tokenizer: str | None
@@ -40,25 +44,15 @@ class ExportPlan:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def cache_key(self) -> str:
+        """Key of this export in the cache, from the plan's fingerprint."""
         return cache_key("export", self.fingerprint)
 
 
 def cache_key(kind: str, source: Any) -> str:
     """The export cache's key: what was exported and the tools that did it, under separate
     keys so that no source field can shadow a tool version (or the other way round)."""
-    return sha256_json({"schema": CACHE_KEY_SCHEMA, "kind": kind, "source": source, "versions": tool_versions(),
+    return sha256_json({"schema": CACHE_KEY_SCHEMA, "kind": kind, "source": source, "versions": export_versions(),
                         "format": EXPORT_FORMAT_VERSION, "opset": OPSET})
-
-
-def tool_versions() -> dict[str, str]:
-    import onnx
-    import onnx_ir
-    import onnxscript
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
-            "onnxscript": onnxscript.__version__, "onnx_ir": onnx_ir.__version__}
 
 
 _TEXT_AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
@@ -71,6 +65,7 @@ def _inputs_for(task: Task, tokenizer: str | None) -> Callable[[], list[dict[str
 
 
 def builtin_plan(name: str) -> ExportPlan:
+    """Export plan for a built-in model by name (smollm2-135m, minilm-l6, efficientnet-lite0, digits-cnn)."""
     from edgefold.export import wrappers
 
     entry = builtin.BUILTINS[name]
@@ -169,6 +164,7 @@ def module_plan(module, example_inputs: dict[str, Any], *, name: str, task: Task
 
 
 def sha256_bytes_of(tensor) -> str:
+    """Hex sha256 of a torch tensor's raw bytes."""
     from edgefold.hashing import sha256_bytes
 
     return sha256_bytes(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -34,6 +34,7 @@ def output_error(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarr
 
 
 def require_faithful(error: dict[str, float], what: str) -> None:
+    """Raise if an export's error (from `output_error`) is too large for its output scale; `what` names the export."""
     limit = ABSOLUTE_TOLERANCE + RELATIVE_TOLERANCE * error["max_abs_reference"]
     if not error["max_abs_error"] <= limit:
         raise EdgefoldError(

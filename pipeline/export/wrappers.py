@@ -13,6 +13,7 @@ class CausalLMLogits(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits for every position of `input_ids`."""
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
@@ -24,6 +25,7 @@ class SentenceEmbedding(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One unit-length sentence embedding per row, mean-pooled over the unmasked tokens."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
@@ -38,4 +40,5 @@ class HiddenStates(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's last hidden state for every token."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

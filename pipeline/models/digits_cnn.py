@@ -17,6 +17,7 @@ NUM_CLASSES = 10
 
 
 def build_digits_cnn():
+    """A fresh, untrained digits CNN (two conv+BatchNorm+ReLU, max-pool, linear head over 10 classes)."""
     import torch
     from torch import nn
 
@@ -57,7 +58,7 @@ def train_digits_cnn(seed: int = 0, epochs: int = 12, batch_size: int = 32, lr: 
     import torch
     from torch import nn
 
-    from edgefold.evaluate.data import digits_split
+    from edgefold.datasets import digits_split
 
     x_train, y_train, _, _ = digits_split(seed)
     x = torch.from_numpy(np.array(x_train))
@@ -81,9 +82,3 @@ def train_digits_cnn(seed: int = 0, epochs: int = 12, batch_size: int = 32, lr: 
                 optimizer.step()
                 schedule.step()
     return model.eval()
-
-
-def example_input():
-    import torch
-
-    return torch.zeros(INPUT_SHAPE, dtype=torch.float32)

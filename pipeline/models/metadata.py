@@ -16,6 +16,8 @@ SOURCE_KEY = "edgefold.source_sha256"  # content hash of what was exported
 
 
 class Task(str, enum.Enum):
+    """What a model does, which decides the metric it is evaluated with."""
+
     CAUSAL_LM = "causal-lm"
     SENTENCE_EMBEDDING = "sentence-embedding"
     IMAGE_CLASSIFIER = "image-classifier"
@@ -24,6 +26,7 @@ class Task(str, enum.Enum):
 
 
 def model_task(meta: dict[str, str]) -> Task:
+    """The task recorded in a model's metadata; GENERIC when none or an unknown one is recorded."""
     try:
         return Task(meta.get(TASK_KEY, Task.GENERIC.value))
     except ValueError:

@@ -21,6 +21,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{bor
 
 
 def write_html(path: Path, report: dict[str, Any]) -> Path:
+    """Write a build or search report as a self-contained report.html at `path`; returns the path."""
     command = "build" if "gates" in report else "search"
     title = f"edgefold {command}: {report['model']['name']} for {report['profile']}"
     sections = [(fn.__name__, text) for fn in SECTIONS if (text := fn(report))]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def write_junit(path: Path, gates: list[dict], suite: str = "edgefold.gates") -> Path:
+    """Write the gate verdicts as a JUnit XML file at `path` (one test case per gate); returns the path."""
     failures = sum(not g["passed"] for g in gates)
     root = ET.Element("testsuites", name="edgefold", tests=str(len(gates)), failures=str(failures))
     suite_el = ET.SubElement(root, "testsuite", name=suite, tests=str(len(gates)), failures=str(failures))

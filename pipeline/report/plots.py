@@ -55,6 +55,7 @@ def bits_per_layer(layers: list[dict]) -> bytes:
 
 
 def fidelity_per_pass(baseline: dict[str, float], passes: list[dict]) -> bytes:
+    """PNG of the task metric and the output cosine vs the original model after each pass."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.0))
     names = ["original"] + [p["name"] for p in passes]
     metric = next(iter(baseline), None)
@@ -72,6 +73,7 @@ def fidelity_per_pass(baseline: dict[str, float], passes: list[dict]) -> bytes:
 
 
 def latency_by_kernel(kernels: list[dict]) -> bytes:
+    """PNG bar chart of the 15 slowest kernels' latency in ms."""
     top = kernels[:15]
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(top) + 1.2))
     ax.barh([k["name"][:60] for k in top][::-1], [k["ms"] for k in top][::-1], color="#4a8f3c")
@@ -81,6 +83,7 @@ def latency_by_kernel(kernels: list[dict]) -> bytes:
 
 
 def pareto(points: list[dict], x: str, y: str) -> bytes:
+    """PNG scatter of the tried configurations on `x` vs `y`, with the Pareto front drawn as a line."""
     fig, ax = plt.subplots(figsize=(6, 4))
     front = [p for p in points if p.get("pareto")]
     rest = [p for p in points if not p.get("pareto")]
@@ -105,7 +108,7 @@ def kernel_times(kernels: list[dict], bandwidth_gbps: float, isa: str | None = N
     for y, kernel in enumerate(shown):
         if kernel.get("gbps"):
             text = f"{kernel['gbps']:.1f} GB/s, {100 * kernel['bandwidth_share']:.0f}%"
-        else:  # profile_llm gives no bytes to a kernel whose time is all instrument overhead
+        else:  # measure_llm gives no bytes to a kernel whose time is all instrument overhead
             text = "reads no weights" if kernel["ms"] > 0 else "within the instrument's overhead"
         ax.text(kernel["ms"], y, f"  {text}", va="center", fontsize=7)
     ax.set_xlim(0, max(ms + [1e-3]) * 1.35)

@@ -15,6 +15,7 @@ from edgefold.report.markup import details, img, paragraph, records, section, ta
 
 
 def summary(report: dict[str, Any]) -> str:
+    """Summary section: size/quality/speed table, the sample text and the artifact's files; "" without a summary."""
     from edgefold.summary import summary_columns, summary_rows
 
     data = report.get("summary") or {}
@@ -32,6 +33,7 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def gates(report: dict[str, Any]) -> str:
+    """Gates section: each gate's measurement, limit and verdict; "" for a report without gates."""
     if "gates" not in report:
         return ""
     rows = report["gates"]
@@ -42,6 +44,8 @@ def gates(report: dict[str, Any]) -> str:
 
 
 def latency(report: dict[str, Any]) -> str:
+    """Latency section: onnxruntime vs the artifact, the decode step by kernel, and what the latency gates measured;
+    "" when there is nothing measured."""
     data, kernels = report.get("summary") or {}, report.get("kernels")
     parts = []
     compare = []
@@ -82,6 +86,7 @@ def latency(report: dict[str, Any]) -> str:
 
 
 def layers(report: dict[str, Any]) -> str:
+    """Weights-by-layer section: bytes and bits per weight before and after; "" without layer rows."""
     rows = report.get("layers") or []
     if not rows:
         return ""
@@ -97,6 +102,7 @@ def layers(report: dict[str, Any]) -> str:
 
 
 def passes(report: dict[str, Any]) -> str:
+    """Passes section: size and fidelity after each pass, with a plot; "" when no pass ran."""
     rows = report.get("passes") or []
     if not rows:
         return ""
@@ -106,6 +112,7 @@ def passes(report: dict[str, Any]) -> str:
 
 
 def search(report: dict[str, Any]) -> str:
+    """Search section: the configurations tried, the Pareto front and the chosen one; "" for a build report."""
     data = report.get("search")
     if not data:
         return ""

@@ -13,7 +13,8 @@ along with the perplexity the masked model really gets.
 from edgefold.simulate.cache import POLICIES, ColumnCache
 from edgefold.simulate.engine import Counts, Method, MethodRun, run_method
 from edgefold.simulate.layout import TokenBytes, WeightLayout, token_bytes, weight_layout
-from edgefold.simulate.masking import cache_aware_scores, keep_count, topk_mask
+from edgefold.passes.dip import keep_count
+from edgefold.simulate.masking import cache_aware_scores, topk_mask
 from edgefold.simulate.run import SimulationResult, default_methods, simulate
 
 __all__ = [

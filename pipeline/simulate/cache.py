@@ -37,6 +37,8 @@ def priority_fraction(scores: np.ndarray) -> np.ndarray:
 
 
 class ColumnCache:
+    """DRAM cache of up to `capacity` of one MLP weight group's `width` columns, evicting by `policy` (lru or lfu)."""
+
     def __init__(self, width: int, capacity: int, policy: str = "lru"):
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r} (known: {', '.join(POLICIES)})")

@@ -20,13 +20,17 @@ import numpy as np
 from edgefold import progress
 from edgefold.errors import EdgefoldError
 from edgefold.simulate.cache import POLICIES, ColumnCache, priority_fraction
-from edgefold.simulate.masking import cache_weight, keep_count, topk_mask
+from edgefold.passes.dip import keep_count
+from edgefold.simulate.masking import cache_weight, topk_mask
 
 MethodKind = Literal["dense", "dip", "dip-ca"]
 
 
 @dataclass(frozen=True)
 class Method:
+    """One way to run the MLPs: dense, DIP at `sparsity`, or DIP-CA at `sparsity` with cache weight `gamma`
+    (scored on the `policy` cache)."""
+
     kind: MethodKind
     sparsity: float = 0.0
     gamma: float = 1.0
@@ -45,6 +49,7 @@ class Method:
 
     @property
     def label(self) -> str:
+        """Name for tables and plots, e.g. "dense", "DIP 50%", "DIP-CA 50% g=0.2"."""
         if self.kind == "dense":
             return "dense"
         if self.kind == "dip":
@@ -63,11 +68,14 @@ class Counts:
 
     @classmethod
     def zeros(cls, tokens: int, layers: int) -> "Counts":
+        """All-zero counts for `tokens` tokens and `layers` MLP layers."""
         return cls(*(np.zeros((tokens, layers), dtype=np.int32) for _ in range(4)))
 
 
 @dataclass
 class MethodRun:
+    """One method's replay: its perplexity, and the column requests and hits under each cache policy."""
+
     method: Method
     perplexity: float
     counts: dict[str, Counts] = field(default_factory=dict)  # by cache policy

@@ -28,6 +28,8 @@ GB = 1e9
 
 @dataclass(frozen=True)
 class MlpShape:
+    """Sizes of one MLP: hidden and intermediate channels, and how many projections read the input."""
+
     hidden: int
     intermediate: int
     producers: int  # 2 for gated (gate + up), 1 for plain
@@ -35,6 +37,8 @@ class MlpShape:
 
 @dataclass(frozen=True)
 class WeightLayout:
+    """Where a model's weight bytes are: MLP shapes, bytes per weight, non-MLP bytes resident and read per token."""
+
     mlps: tuple[MlpShape, ...]
     bytes_per_weight: float
     resident_bytes: int  # non-MLP weights kept in DRAM
@@ -51,6 +55,7 @@ class WeightLayout:
 
     @property
     def mlp_bytes(self) -> float:
+        """Bytes of all MLP weights (gate, up and down of every layer)."""
         return sum((m.producers + 1) * m.hidden * m.intermediate for m in self.mlps) * self.bytes_per_weight
 
     def cache_fraction(self, dram_budget_bytes: float) -> float:
@@ -102,9 +107,11 @@ class TokenBytes:
         return 1.0 - self.flash / np.maximum(self.requested, 1.0)
 
     def seconds(self, flash_gbps: float, dram_gbps: float) -> np.ndarray:
+        """Seconds each token spends reading weights, given flash and DRAM bandwidths in GB/s."""
         return self.flash / (flash_gbps * GB) + self.dram / (dram_gbps * GB)
 
     def tokens_per_second(self, flash_gbps: float, dram_gbps: float) -> float:
+        """Average decode speed in tokens/s over all tokens, given flash and DRAM bandwidths in GB/s."""
         return float(len(self.flash) / self.seconds(flash_gbps, dram_gbps).sum())
 
 

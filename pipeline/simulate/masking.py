@@ -1,7 +1,7 @@
 """Which channels a token keeps: DIP's top-K and DIP-CA's cache-aware score.
 
-One definition shared by the `dip` pass (how many channels, K) and the simulator
-(which ones, per token). Top-K here is exact (argpartition keeps exactly K); the ONNX
+The `dip` pass decides how many channels a token keeps (`passes/dip/dip.py:keep_count`);
+this module decides which ones, per token, for the simulator. Top-K here is exact (argpartition keeps exactly K); the ONNX
 graph uses "|x| >= K-th largest |x|", which is the same set unless two magnitudes tie
 exactly, and continuous activations do not.
 """
@@ -9,15 +9,6 @@ exactly, and continuous activations do not.
 from __future__ import annotations
 
 import numpy as np
-
-from edgefold.errors import EdgefoldError
-
-
-def keep_count(width: int, sparsity: float) -> int:
-    """K: channels kept out of `width` at `sparsity` (fraction dropped), at least 1."""
-    if not 0.0 <= sparsity < 1.0:
-        raise EdgefoldError(f"sparsity must be in [0, 1); got {sparsity}")
-    return max(1, min(width, int(round((1.0 - sparsity) * width))))
 
 
 def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:

@@ -31,6 +31,8 @@ def _profiles(rows):
 
 
 def plot_all(rows: list[dict[str, Any]], folder: Path, prefix: str = "") -> list[Path]:
+    """Write PNGs of hit rate and tokens/s against sparsity and of perplexity against tokens/s into `folder`;
+    returns their paths (file names start with `prefix`)."""
     folder = Path(folder)
     profiles = _profiles(rows)
     paths = []

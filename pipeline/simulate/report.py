@@ -11,6 +11,7 @@ from edgefold.simulate.run import SimulationResult
 
 
 def print_table(result: SimulationResult, console=None) -> None:
+    """Print one row per method, policy and profile: perplexity, hit rate, traffic, tokens/s and speed-up vs dense."""
     from rich.console import Console
     from rich.table import Table
 

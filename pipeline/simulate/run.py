@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,9 @@ from edgefold.simulate.layout import WeightLayout, token_bytes, weight_layout
 
 @dataclass
 class SimulationResult:
+    """Everything one `simulate()` run found: the weight layout, the profiles, one row per method/policy/profile,
+    and per-token series."""
+
     model: str
     tokens: int
     window: int
@@ -33,6 +35,7 @@ class SimulationResult:
     series: dict[str, np.ndarray] = field(default_factory=dict)  # per-token arrays, "label|policy|what"
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data: layout figures, profiles and rows (without the per-token series)."""
         layout = self.layout
         return {
             "model": self.model, "tokens": self.tokens, "window": self.window,
@@ -44,6 +47,8 @@ class SimulationResult:
 
 def default_methods(sparsities=(0.25, 0.5, 0.75), gammas=(0.1, 0.2, 0.5), ca_sparsities=None,
                     policies=("lru",)) -> list[Method]:
+    """Methods to compare: dense, DIP at each sparsity, and DIP-CA at each sparsity (default: the same ones),
+    gamma and policy; sparsity 0 is left out."""
     methods = [Method("dense")] + [Method("dip", s) for s in sparsities if s > 0]
     for s in (sparsities if ca_sparsities is None else ca_sparsities):
         if s > 0:
@@ -81,7 +86,9 @@ def simulate(model: str | os.PathLike, profiles: list, *, methods: list[Method] 
                                 "(e.g. mobile-arm64)")
     methods = methods or default_methods(policies=policies)
 
-    path = _model_path(model)
+    from edgefold.export import model_file
+
+    path = model_file(model)
     graph = onnx_io.load(path)
     groups = list(analyse(graph).ffns)
     if not groups:
@@ -109,17 +116,6 @@ def simulate(model: str | os.PathLike, profiles: list, *, methods: list[Method] 
             rows += _price(run, layout, sharing, fraction, series)
     _add_speedups(rows)
     return SimulationResult(str(model), int(windows.size), window, layout, info, rows, series)
-
-
-def _model_path(model) -> Path:
-    path = Path(model)
-    if path.suffix == ".onnx":
-        if not path.exists():
-            raise EdgefoldError(f"model file not found: {path}")
-        return path
-    from edgefold.export import export_model
-
-    return export_model(str(model)).path
 
 
 def _cache_fraction(profile, layout: WeightLayout, budget_mb, fraction) -> float:

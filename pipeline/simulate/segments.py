@@ -40,10 +40,12 @@ class MlpBoundary:
 
     @property
     def nodes(self) -> frozenset[str]:
+        """Every graph node that belongs to this MLP (producer and consumer side)."""
         return self.producer_nodes | self.consumer_nodes
 
 
 def mlp_boundaries(proto: onnx.ModelProto, groups) -> list[MlpBoundary]:
+    """Where each FFN group reads its input, intermediate and output in the graph, and the nodes it owns."""
     by_name = {node.name: node for node in proto.graph.node}
     bounds = []
     for group in groups:
@@ -139,6 +141,8 @@ class SegmentedModel:
         return _Segment(_sub_session(proto, nodes, inputs, outputs, infos, initializers, threads), inputs, outputs)
 
     def run(self, feeds: dict[str, np.ndarray], mask: Callable[[int, int, np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's outputs for `feeds`, with every MLP's input and intermediate channels replaced by
+        `mask(layer, 0 or 1, values)` ([tokens, channels])."""
         env = dict(feeds)
         for index, segment in enumerate(self.segments):
             if segment.session is not None:

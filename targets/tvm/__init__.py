@@ -25,12 +25,14 @@ __all__ = ["compile_model", "run_artifact"]
 
 
 def compile_model(*args, **kwargs):
+    """Compile a model for a device profile (`artifact.compile_model`); TVM is imported on first use."""
     from edgefold.targets.tvm.artifact import compile_model as _compile
 
     return _compile(*args, **kwargs)
 
 
 def run_artifact(*args, **kwargs):
+    """Run a compiled artifact (`execute.run_artifact`); TVM is imported on first use."""
     from edgefold.targets.tvm.execute import run_artifact as _run
 
     return _run(*args, **kwargs)

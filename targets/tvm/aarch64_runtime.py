@@ -27,15 +27,18 @@ HEADERS = {"apache-tvm": "tvm/include/", "apache-tvm-ffi": "tvm_ffi/include/"}
 
 
 def versions() -> dict[str, str]:
+    """Installed version of each TVM wheel the aarch64 runtime is taken from (package -> version)."""
     return {package: version(package) for package in LIBRARIES}
 
 
 def runtime_dir() -> Path:
+    """The cache folder of the aarch64 runtime for the installed TVM versions."""
     tag = "-".join(f"{p}-{v}" for p, v in versions().items())
     return cache_root() / "aarch64-runtime" / tag
 
 
 def is_fetched() -> bool:
+    """Whether the aarch64 runtime libraries for the installed TVM versions are already in the cache."""
     folder = runtime_dir()
     return all((folder / "lib" / Path(member).name).exists() for member in LIBRARIES.values())
 

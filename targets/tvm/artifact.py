@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from edgefold import onnx_io, progress
-from edgefold.atomic import STAGING_MARKER, WRITTEN_BY, claim_output, output_directory, read_own_manifest, scratch_directory
+from edgefold.atomic import (MANIFEST_FILE, STAGING_MARKER, WRITTEN_BY, claim_output, output_directory,
+                             read_own_manifest, scratch_directory)
 from edgefold.errors import EdgefoldError
 from edgefold.hashing import sha256_file, sha256_json
 from edgefold.interrupts import native_calls
-from edgefold.manifest import write_json
+from edgefold.manifest import BuildManifest, write_json
 from edgefold.safe_names import safe_name
-from edgefold.targets.tvm import build_cache
+from edgefold.targets.tvm import compiled_cache
 
-MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "compile-report.json"
 _MODEL_FILES = ("model.onnx", "model.onnx.data")
 BUILD_REPORTS = ("report.json", "report.html", "junit.xml")
@@ -41,18 +41,17 @@ _SIGNIFICANT = 4  # fidelity digits in the manifest: stable across runs of the s
 
 def resolve_model(model: str | Path) -> tuple[Path, dict[str, Any] | None]:
     """(model.onnx path, the manifest of the build folder it came from, if any)."""
-    path = Path(model)
-    if path.is_dir():
-        path = path / "model.onnx"
+    from edgefold.export import model_file
+
+    given = Path(model)
+    if given.is_dir():  # compile takes a folder holding model.onnx (a build), not a model folder
+        path = given / "model.onnx"
         if not path.exists():
             raise EdgefoldError(f"{model} has no model.onnx")
-    if path.suffix == ".onnx":
-        if not path.exists():
-            raise EdgefoldError(f"model file not found: {path}")
-        return path, read_own_manifest(path.parent)
-    from edgefold.export import export_model
-
-    return export_model(str(model)).path, None
+    else:
+        path = model_file(model)
+    from_folder = given.is_dir() or given.suffix == ".onnx"
+    return path, read_own_manifest(path.parent) if from_folder else None
 
 
 def compile_model(model: str | Path, profile: str = "host", *, output: Path | None = None,
@@ -66,9 +65,12 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
     replaces edgefold's files in a folder that holds other files (those are kept).
     `reuse=False` ignores finished builds in the cache (the tuning database is still used).
     `kv_cache`: slots of a causal LM's decode KV cache (default 256; 0 = decode without a cache).
+    `rpc`: rpc://TRACKER:PORT/KEY of the device that times tuning candidates.
     """
     from edgefold.targets.profiles import load_profile
+    from edgefold.targets.rpc_url import parse_rpc_url
 
+    address = parse_rpc_url(rpc) if rpc is not None else None  # a bad address fails before any work
     model_path, source_manifest = resolve_model(model)
     device = load_profile(profile)
     meta = _model_meta(model_path, source_manifest)
@@ -80,21 +82,21 @@ def compile_model(model: str | Path, profile: str = "host", *, output: Path | No
             _copy_model(model_path, staging)
         for name, data in carried.items():
             (staging / name).write_bytes(data)
-        manifest = _compile(staging, source_manifest, device, meta, seqs=seqs, shapes=shapes, trials=trials, rpc=rpc,
-                            check=check, latency=latency, reuse=reuse, kv_cache=kv_cache, carried=set(carried),
-                            announce_as=out_dir)
+        manifest = _compile(staging, source_manifest, device, meta, seqs=seqs, shapes=shapes, trials=trials,
+                            rpc=address, check=check, latency=latency, reuse=reuse, kv_cache=kv_cache,
+                            carried=set(carried), announce_as=out_dir)
     return manifest
 
 
-def compile_into_folder(folder: Path, source_manifest: dict[str, Any] | None, profile: str, *,
+def compile_into_folder(folder: Path, source_manifest: BuildManifest | None, device, *,
                         seqs: list[int] | None = None, trials: int | None = None, kv_cache: int | None = None,
-                        announce_as: Path | None = None, baseline_model: Path | None = None) -> dict[str, Any]:
-    """Compile `folder/model.onnx` into `folder` itself (a build's staging folder, which the
-    build commits); the build's manifest comes in as an object and goes out with `compile`.
-    `baseline_model`: the build's original model, which onnxruntime's timing runs."""
-    from edgefold.targets.profiles import load_profile
+                        announce_as: Path | None = None, baseline_model: Path | None = None) -> BuildManifest:
+    """Compile `folder/model.onnx` for `device` (a DeviceProfile) into `folder` itself (a build's
+    staging folder, which the build commits); returns the manifest with its `compile` section.
 
-    device = load_profile(profile)
+    The build's manifest comes in as an object, not as a file in `folder`: nothing is read back
+    from disk, and the manifest.json written here is the folder's only one. `baseline_model`: the
+    build's original model, which onnxruntime's timing runs."""
     meta = _model_meta(folder / "model.onnx", source_manifest)
     carried = {p.name for p in folder.iterdir()
                if p.is_file() and p.name not in (*_MODEL_FILES, MANIFEST_FILE, STAGING_MARKER)}
@@ -111,7 +113,7 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
     False: a causal LM the LLM path does not take compiles its decode library only."""
     from edgefold.targets.tvm.buckets import DEFAULT_KV_CACHE, plan_buckets
     from edgefold.targets.tvm.references import References
-    from edgefold.targets.tvm.build import check_toolchain, library_kind
+    from edgefold.targets.tvm.library import check_toolchain, library_kind
     from edgefold.targets.tvm.environment import load_tvm, target_family, tvm_target
 
     start = time.perf_counter()
@@ -131,7 +133,7 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
     with scratch_directory("compile") as scratch:
         references = References(model_path, scratch)
         entries, weight_files = [], {}
-        model_digest = build_cache.model_hash(onnx_io.model_files(model_path))
+        model_digest = compiled_cache.model_hash(onnx_io.model_files(model_path))
         llm = None
         if not shapes and meta["task"] == "causal-lm":
             llm = _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency,
@@ -145,10 +147,10 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
             buckets = [b for b in buckets if b.label == "decode"] or buckets
         for bucket in buckets:
             key = _bucket_key(model_digest, bucket, device, target, budget, check)
-            hit = build_cache.load(key) if reuse else None
+            hit = compiled_cache.load(key) if reuse else None
             if hit is not None:
                 entry, folder = hit
-                build_cache.restore(folder, entry, staging)
+                compiled_cache.restore(folder, entry, staging)
                 entry = {k: v for k, v in entry.items() if not k.startswith("_")}
                 weight_files.setdefault(entry["weights_sha256"], entry["weights"])
                 timing = {"reused_build": str(folder)}
@@ -162,7 +164,7 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
                 files = {name: staging / name for name in (entry["library"], *entry["extra"], entry["weights"])}
                 if (staging / "tuning" / bucket.label).exists():
                     files[f"tuning/{bucket.label}"] = staging / "tuning" / bucket.label
-                build_cache.store(key, entry, files)
+                compiled_cache.store(key, entry, files)
             if check and latency and kind == "x86_64":
                 timing["latency"] = _measure_latency(staging, entry, meta, references)
             entries.append(entry)
@@ -180,7 +182,7 @@ def _compile(staging: Path, source_manifest, device, meta: dict[str, Any], *, se
 def _compile_llm(model_path, meta, device, target, kind, buckets, staging, references, check, latency, reuse,
                  model_digest, budget: int, baseline_model: Path | None = None):
     """The hand-scheduled LLM libraries (`llm.compile`), or None when the model is not such a decoder."""
-    from edgefold.targets.tvm.environment import tool_versions
+    from edgefold.versions import compile_versions
     from edgefold.targets.tvm.llm.tuning import SELECTION_FILE
     from edgefold.targets.tvm.tuning import TuningDatabase
 
@@ -189,9 +191,9 @@ def _compile_llm(model_path, meta, device, target, kind, buckets, staging, refer
     kv = max((b.kv_cache for b in buckets), default=0)
     seqs = sorted(1 if b.label == "decode" else int(b.shapes["input_ids"][1]) for b in buckets)
     database = TuningDatabase.for_bucket(device.name, str(target), f"llm-{model_digest[:12]}")
-    key = build_cache.build_key(model=model_digest, bucket={"llm": seqs, "kv_cache": kv, "check": check},
+    key = compiled_cache.build_key(model=model_digest, bucket={"llm": seqs, "kv_cache": kv, "check": check},
                                 profile=device.model_dump(mode="json"), target=str(target), budget=budget,
-                                records=database.folder / SELECTION_FILE, versions=tool_versions())
+                                records=database.folder / SELECTION_FILE, versions=compile_versions())
     return compile_llm(model_path, meta, device, target, kind, seqs, kv, staging, references, check=check,
                        latency=latency, reuse=reuse, cache_key=key, budget=budget, database=database,
                        baseline_model=baseline_model)
@@ -203,7 +205,7 @@ def _compile_llm(model_path, meta, device, target, kind, buckets, staging, refer
 def _compile_bucket(bucket, references, device, target, kind, family, budget, rpc, scratch, staging,
                     weight_files, model_digest: str) -> tuple[dict, dict]:
     from edgefold.targets.tvm import lowering
-    from edgefold.targets.tvm.build import compile_executable, export, transform_weights
+    from edgefold.targets.tvm.library import compile_executable, export, transform_weights
     from edgefold.targets.tvm.importer import import_bucket
     from edgefold.targets.tvm.tuning import Measurement, TuningDatabase, export_records, tune
     from edgefold.targets.tvm.buckets import decode_bucket
@@ -309,7 +311,8 @@ def _host_database(label: str):
     return TuningDatabase.for_bucket(host.name, str(tvm_target(host.tvm_target)), label)
 
 
-def _bucket_of(entry: dict):
+def bucket_of(entry: dict):
+    """The Bucket (label, input shapes and dtypes, KV cache) a manifest entry was compiled for."""
     from edgefold.targets.tvm.buckets import Bucket
 
     order = entry.get("input_order") or list(entry["inputs"])
@@ -322,7 +325,7 @@ def _check_host(staging: Path, entry: dict, meta: dict, references) -> tuple[dic
     from edgefold.targets.tvm.execute import HostLibrary, merge
     from edgefold.targets.tvm.references import compare_bucket
 
-    bucket = _bucket_of(entry)
+    bucket = bucket_of(entry)
     with progress.step(f"check {bucket.label} against onnxruntime"):
         pairs = references.check_sets(entry, meta, entry["check_count"])
         host = HostLibrary(staging / entry["library"], staging / entry["weights"], list(bucket.shapes))
@@ -336,7 +339,7 @@ def _measure_latency(staging: Path, entry: dict, meta: dict, references, repeats
     """Median ms of the library beside onnxruntime (default optimizations) on the same input."""
     from edgefold.targets.tvm.execute import HostLibrary, onnxruntime_latency_ms
 
-    bucket = _bucket_of(entry)
+    bucket = bucket_of(entry)
     feeds = references.inputs(entry, meta)
     host = HostLibrary(staging / entry["library"], staging / entry["weights"], list(bucket.shapes))
     fast = references.session(int(entry.get("kv_cache", 0)), exact=False)
@@ -345,15 +348,15 @@ def _measure_latency(staging: Path, entry: dict, meta: dict, references, repeats
 
 
 def _bucket_key(model_digest: str, bucket, device, target, budget: int, check: bool) -> str:
-    from edgefold.targets.tvm.environment import tool_versions
+    from edgefold.versions import compile_versions
     from edgefold.targets.tvm.tuning import TuningDatabase
 
     database = TuningDatabase.for_bucket(device.name, str(target), _database_label(bucket.label, model_digest))
     host = _host_database(_database_label(bucket.label, model_digest))  # what an untunable CPU target may borrow
-    borrowed = build_cache.file_digest(host.record_path) if host is not None else "none"
-    return build_cache.build_key(model=model_digest, bucket={**bucket.to_json(), "check": check, "host": borrowed},
+    borrowed = compiled_cache.file_digest(host.record_path) if host is not None else "none"
+    return compiled_cache.build_key(model=model_digest, bucket={**bucket.to_json(), "check": check, "host": borrowed},
                                  profile=device.model_dump(mode="json"), target=str(target), budget=budget,
-                                 records=database.record_path, versions=tool_versions())
+                                 records=database.record_path, versions=compile_versions())
 
 
 # ---------------------------------------------------------------- runner, manifest
@@ -361,7 +364,7 @@ def _bucket_key(model_digest: str, bucket, device, target, budget: int, check: b
 
 def _write_runner(staging: Path, kind: str, device) -> dict[str, Any]:
     """Runner source always; for aarch64 also the binary and the runtime it links against."""
-    from edgefold.targets.tvm.runner_build import BUILD_SCRIPT, RUNNER_SOURCE
+    from edgefold.targets.tvm.cpp_runner import BUILD_SCRIPT, RUNNER_SOURCE
 
     folder = staging / "runner"
     folder.mkdir(exist_ok=True)
@@ -371,7 +374,7 @@ def _write_runner(staging: Path, kind: str, device) -> dict[str, Any]:
     if kind != "aarch64":
         return info
     from edgefold.targets.tvm import aarch64_runtime
-    from edgefold.targets.tvm.runner_build import build_aarch64_runner
+    from edgefold.targets.tvm.cpp_runner import build_aarch64_runner
 
     try:
         runtime = aarch64_runtime.fetch_runtime()
@@ -435,7 +438,7 @@ def _manifest(meta, source_manifest, device, target, kind, entries, runner, stag
               budget) -> dict[str, Any]:
     from edgefold import __version__
     from edgefold.hashing import sha256_files
-    from edgefold.targets.tvm.environment import tool_versions
+    from edgefold.versions import compile_versions
 
     files = _file_hashes(staging, exclude)
     sizes = {
@@ -461,7 +464,7 @@ def _manifest(meta, source_manifest, device, target, kind, entries, runner, stag
     base.pop("files", None)
     if "model" not in base:
         base["model"] = {"name": meta["name"], "task": meta["task"], "source_sha256": meta["source_sha256"]}
-    versions = {**base.get("versions", {}), **tool_versions(), "edgefold": __version__}
+    versions = {**base.get("versions", {}), **compile_versions(), "edgefold": __version__}
     return {**base, "written_by": WRITTEN_BY, "schema": base.get("schema", 1), "edgefold_version": __version__,
             "compile": compiled,
             "files": files, "versions": dict(sorted(versions.items()))}

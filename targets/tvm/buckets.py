@@ -29,17 +29,21 @@ _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 @dataclass(frozen=True)
 class Bucket:
+    """One static input shape a model is compiled for: its label, input shapes and dtypes, KV-cache slots."""
+
     label: str  # "decode", "prefill128", "seq128", "batch1": names files and tuning databases
     shapes: dict[str, tuple[int, ...]] = field(hash=False)
     dtypes: dict[str, str] = field(hash=False)
     kv_cache: int = 0  # decode with a KV cache of this many slots (0: no cache)
 
     def describe(self) -> str:
+        """The bucket's inputs in words, e.g. `input_ids[1x128]`, for logs and reports."""
         if self.kv_cache:
             return f"input_ids[1x1], KV cache of {self.kv_cache} tokens"
         return ", ".join(f"{k}[{'x'.join(map(str, v))}]" for k, v in self.shapes.items())
 
     def to_json(self) -> dict:
+        """The bucket as a JSON-ready dict (label, shapes, dtypes, kv_cache when set)."""
         data = {"label": self.label, "shapes": {k: list(v) for k, v in self.shapes.items()}, "dtypes": self.dtypes}
         if self.kv_cache:
             data["kv_cache"] = self.kv_cache
@@ -55,12 +59,15 @@ def decode_bucket(decode_graph, kv_cache: int) -> Bucket:
 
 @dataclass(frozen=True)
 class GraphInput:
+    """A graph input of an ONNX model: name, dims (int, symbolic name or None) and dtype."""
+
     name: str
     dims: tuple[int | str | None, ...]  # int, symbolic name, or None (unknown)
     dtype: str
 
 
 def graph_inputs(model_path) -> list[GraphInput]:
+    """The real inputs of an ONNX model (initializers excluded), in graph order."""
     proto = onnx_io.load_proto(model_path)
     initializers = {t.name for t in proto.graph.initializer}
     found = []

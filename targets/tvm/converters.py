@@ -6,6 +6,10 @@ FP8 E4M3FN bit patterns, or fp16; minus the zero point, times the per-channel or
 per-block scale, plus the block minimum. The kernel is named `edgefold_decode*` so
 `lowering.py` can find it and fuse it into the matmul or gather that reads it; once
 fused, the reduction reads the packed bytes directly.
+
+This module is the one adapter for the importer's private API: TVM 0.27 has no public hook
+for extra converters, so `edgefold_converters` swaps `onnx_frontend._get_convert_map`
+for the duration of an import and nothing else touches it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ def _fp8_e4m3(tirx, byte):
 
 def decode_compute(codes, scale=None, zero=None, minimum=None, *, kind: str, shape: list[int], axis: int,
                    block: int, transpose: bool):
+    """TE compute of an edgefold.Decode: the fp32 weight rebuilt from packed codes and scale/zero/min.
+
+    `shape`: the stored weight's; `axis`/`block`: the scale blocks (block 0: one per channel);
+    `transpose`: the result is [shape[1], shape[0]]."""
     from tvm import te, tirx
 
     out_shape = [shape[1], shape[0]] if transpose else list(shape)

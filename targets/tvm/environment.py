@@ -19,6 +19,7 @@ _NEEDED = {"x86": {"x86"}, "aarch64": {"arm_cpu"}, "cuda": {"cuda"}}
 
 
 def target_family(target: dict[str, Any]) -> str:
+    """The family of a profile's TVM target: "cuda", "aarch64" or "x86"."""
     if target.get("kind") == "cuda":
         return "cuda"
     triple = str(target.get("mtriple", ""))
@@ -59,16 +60,3 @@ def host_target():
     tvm = load_tvm("x86")
     return tvm.target.Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()),
                               "num-cores": os.cpu_count() or 1})
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions that decide what a compiled library contains."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "missing"
-    return found

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefold import onnx_io
 from edgefold.errors import EdgefoldError
 from edgefold.targets.tvm import toolchain
 from edgefold.targets.tvm.weights import read_weights, write_weights
@@ -99,12 +98,17 @@ class HostLibrary:
         self.weights = [tvm.runtime.tensor(np.require(a, requirements="C")) for _, a in read_weights(weights)]
         self.input_names = input_names
 
+    def arguments(self, feeds: dict[str, np.ndarray]) -> list:
+        """The model inputs of `feeds` as TVM tensors, in the library's input order."""
+        return [self._tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in self.input_names]
+
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = [self._tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in self.input_names]
+        args = self.arguments(feeds)
         return [t.numpy() for t in _flatten(self.vm["main"](*args, *self.weights))]
 
     def latency_ms(self, feeds: dict[str, np.ndarray], repeats: int = 5) -> float:
-        args = [self._tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in self.input_names]
+        """Median ms of one call of the library on `feeds`, over `repeats` runs."""
+        args = self.arguments(feeds)
         main = self.vm["main"]
         return _median_ms(lambda: main(*args, *self.weights), repeats)
 
@@ -119,12 +123,13 @@ def _flatten(result) -> list:
 
 
 def _median_ms(call, repeats: int) -> float:
-    from edgefold.latency import time_calls
+    from edgefold.timing import time_calls
 
     return statistics.median(time_calls(call, repeats))
 
 
 def onnxruntime_latency_ms(session, feeds: dict[str, np.ndarray], repeats: int = 5) -> float:
+    """Median ms of one onnxruntime run of `session` on `feeds`, over `repeats` runs."""
     wanted = {i.name for i in session.get_inputs()}
     feeds = {k: v for k, v in feeds.items() if k in wanted}
     return _median_ms(lambda: session.run(None, feeds), repeats)
@@ -135,6 +140,7 @@ def onnxruntime_latency_ms(session, feeds: dict[str, np.ndarray], repeats: int =
 
 def run_under_qemu(runner: Path, library: Path, weights: Path, feeds: dict[str, np.ndarray],
                    input_names: list[str], timeout_s: float = 1800) -> list[np.ndarray]:
+    """Outputs of the aarch64 runner on `feeds`, run under qemu-aarch64 on this machine."""
     qemu = toolchain.require(QEMU, "running an aarch64 artifact on this machine")
     with tempfile.TemporaryDirectory(prefix="edgefold-qemu-") as scratch:
         inputs, outputs = Path(scratch) / "inputs.bin", Path(scratch) / "outputs.bin"
@@ -152,7 +158,7 @@ def run_under_qemu(runner: Path, library: Path, weights: Path, feeds: dict[str, 
 def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, count: int | None = None,
                  buckets: list[str] | None = None) -> dict:
     """Run every bucket of an artifact on its check inputs; returns per-bucket results."""
-    from edgefold.targets.tvm.artifact import _bucket_of
+    from edgefold.targets.tvm.artifact import bucket_of
 
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
@@ -178,7 +184,7 @@ def run_artifact(folder: Path, *, repeats: int = 5, threads: int | None = None, 
         for entry in compiled["buckets"]:
             if buckets and entry["label"] not in buckets:
                 continue
-            bucket = _bucket_of(entry)
+            bucket = bucket_of(entry)
             pairs = references.check_sets(entry, meta, count or entry["check_count"])
             library, weights = folder / entry["library"], folder / entry["weights"]
             names = list(bucket.shapes)
@@ -224,7 +230,7 @@ def _run_llm_artifact(folder: Path, compiled: dict, *, repeats: int, count: int 
     with tempfile.TemporaryDirectory(prefix="edgefold-run-") as scratch:
         references = References(folder / "model.onnx", Path(scratch))
         if kind == "x86_64":
-            from edgefold.targets.tvm.llm.compile import _onnxruntime_decode_ms
+            from edgefold.targets.tvm.llm.compile import onnxruntime_decode_ms
             from edgefold.targets.tvm.llm.session import LlmSession
 
             session = LlmSession(folder, entries)
@@ -242,7 +248,7 @@ def _run_llm_artifact(folder: Path, compiled: dict, *, repeats: int, count: int 
                 if kind == "x86_64":
                     context = min(128, entry["kv_cache"] - repeats - 1)
                     row["tvm_ms"] = round(statistics.median(session.decode_latency_ms(context, steps=max(repeats, 8))), 3)
-                    row["onnxruntime_ms"] = round(_onnxruntime_decode_ms(references, entry["kv_cache"], context), 3)
+                    row["onnxruntime_ms"] = round(onnxruntime_decode_ms(references, entry["kv_cache"], context), 3)
             elif kind == "x86_64":
                 row.update(check.check_prefill(check.host_prefill(session), references, meta, entry["tokens"]))
                 row["tvm_ms"] = round(statistics.median(session.prefill_latency_ms(entry["tokens"])), 3)

@@ -18,6 +18,8 @@ from edgefold.targets.tvm.buckets import Bucket
 
 @dataclass
 class ImportedModel:
+    """A bucket's model in Relax: the IRModule, its input and weight names, and the weight arrays."""
+
     mod: object  # tvm.IRModule; `main(inputs..., weights...)`
     input_names: list[str]
     weight_names: list[str]

@@ -45,7 +45,7 @@ def _token_windows(bucket: Bucket, tokenizer: str, count: int) -> list[dict[str,
 
 
 def _sentences(bucket: Bucket, tokenizer: str, count: int) -> list[dict[str, np.ndarray]]:
-    from edgefold.evaluate.data import lee_documents
+    from edgefold.datasets import lee_documents
     from edgefold.models.metadata import load_tokenizer
 
     seq = bucket.shapes["input_ids"][1]

@@ -170,7 +170,7 @@ def _k_scale(scores_matmul: ir.Node) -> float:
     return 1.0
 
 
-def _score_scale_and_softmax_check(scores_matmul: ir.Node, softmax: ir.Node) -> float:
+def score_scale_and_softmax_check(scores_matmul: ir.Node, softmax: ir.Node) -> float:
     """Constant Mul/Div between the scores MatMul and the mask Add; the Add feeds the Softmax."""
     scale = 1.0
     value = scores_matmul.outputs[0]
@@ -197,7 +197,7 @@ def _score_scale_and_softmax_check(scores_matmul: ir.Node, softmax: ir.Node) -> 
     raise EdgefoldError(f"kv-cache: scores {scores_matmul.name} do not reach Softmax {softmax.name} via [scale] -> Add(mask)")
 
 
-def _rope_angles(graph: ir.Graph) -> ir.Node:
+def rope_angles(graph: ir.Graph) -> ir.Node:
     """The MatMul(inv_freq, position_ids) whose output the single Cos and Sin read."""
     cos = [node for node in graph if node.op_type == "Cos"]
     sin = [node for node in graph if node.op_type == "Sin"]
@@ -221,7 +221,7 @@ def _rope_angles(graph: ir.Graph) -> ir.Node:
     raise EdgefoldError("kv-cache: RoPE angles are not MatMul(inv_freq[1, d/2, 1], positions[b, 1, s])")
 
 
-def _analysable_copy(model_path: Path) -> ir.Model:
+def analysable_copy(model_path: Path) -> ir.Model:
     """A copy of the model that graph analysis can read when weights are stored low-bit.
 
     Analysis recognises linears by an initializer weight. After the quantize pass a
@@ -289,7 +289,7 @@ def make_decode_graph(model_path: Path, out_path: Path, cache_len: int) -> dict:
         raise EdgefoldError(f"kv-cache: expected a causal LM with the single input input_ids (inputs: {names})")
     if not graph.outputs or graph.outputs[0].name != "logits":
         raise EdgefoldError("kv-cache: expected the causal LM's first output to be logits")
-    attentions = analyse(_analysable_copy(model_path)).attentions
+    attentions = analyse(analysable_copy(model_path)).attentions
     if not attentions:
         raise EdgefoldError("kv-cache: no attention blocks found; not a supported causal LM")
 
@@ -298,7 +298,7 @@ def make_decode_graph(model_path: Path, out_path: Path, cache_len: int) -> dict:
     # Shared: position, RoPE angles, slot one-hot, score bias.
     position = ir.Value(name="position", shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
     graph.inputs.append(position)
-    angles = _rope_angles(graph)
+    angles = rope_angles(graph)
     float_position = b.op("Cast", [b.op("Reshape", [position, b.const(np.array([1, 1, 1], np.int64))])],
                           {"to": ir.DataType.FLOAT}, hint="position_f")
     angles.replace_input_with(1, float_position)
@@ -328,7 +328,7 @@ def make_decode_graph(model_path: Path, out_path: Path, cache_len: int) -> dict:
             k_new = _rope_output(k_new, cos_node.outputs[0], "k")
         v_new = _heads(graph, group.v.node, "v")
         k_scale = _k_scale(scores_mm)
-        score_scale = _score_scale_and_softmax_check(scores_mm, softmax)
+        score_scale = score_scale_and_softmax_check(scores_mm, softmax)
         q_scaled = scores_mm.inputs[0]
         axis = softmax.attributes.get_int("axis", -1)
         if axis not in (-1, 3):

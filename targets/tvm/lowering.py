@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from edgefold.targets.tvm.converters import DECODE_PREFIX
 

@@ -47,6 +47,7 @@ class References:
         return self._decode_graphs[kv_cache]
 
     def session(self, kv_cache: int, exact: bool = True, threads: int | None = None):
+        """The onnxruntime session of the graph a bucket compiles (exact arithmetic or not), kept for reuse."""
         from edgefold.targets.tvm.execute import reference_session
 
         key = (self.graph_for(kv_cache), exact)
@@ -62,11 +63,11 @@ class References:
         if kv_cache:
             pairs = _decode_steps(session, meta, kv_cache, count)
         else:
-            from edgefold.targets.tvm.artifact import _bucket_of
+            from edgefold.targets.tvm.artifact import bucket_of
             from edgefold.targets.tvm.inputs import check_inputs
 
             wanted = {i.name for i in session.get_inputs()}
-            sets = check_inputs(_bucket_of(entry), meta["task"], meta.get("tokenizer"), {}, count)
+            sets = check_inputs(bucket_of(entry), meta["task"], meta.get("tokenizer"), {}, count)
             pairs = [(feeds, session.run(names, {k: v for k, v in feeds.items() if k in wanted})) for feeds in sets]
         self._sets[entry.get("label", "")] = pairs
         return pairs

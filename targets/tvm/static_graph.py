@@ -12,9 +12,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript.optimizer import _constant_folding
-
 from edgefold import onnx_io
+from edgefold.onnxscript_private import fold_constants_pass
 
 # Elements: shape vectors and masks are tiny; weights are far larger than this.
 _FOLD_INPUT_LIMIT = 8192
@@ -39,9 +38,8 @@ def make_static(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ir.Model
             value.shape = ir.Shape(list(shapes[value.name]))
     for value in model.graph.outputs:  # stale symbolic output shapes would be checked against
         value.shape = None
-    folding = _constant_folding.FoldConstantsPass(
-        shape_inference=True, input_size_limit=_FOLD_INPUT_LIMIT, output_size_limit=_FOLD_OUTPUT_LIMIT,
-        should_fold=_only_small_inputs)
+    folding = fold_constants_pass(input_size_limit=_FOLD_INPUT_LIMIT, output_size_limit=_FOLD_OUTPUT_LIMIT,
+                                  should_fold=_only_small_inputs)
     ir.passes.Sequential(
         ir.passes.PassManager([folding, common_passes.RemoveUnusedNodesPass()], steps=4, early_stop=True),
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),

@@ -37,4 +37,5 @@ def require(tool: str, why: str) -> str:
 
 
 def available(tool: str) -> bool:
+    """Whether `tool` is on the PATH."""
     return shutil.which(tool) is not None

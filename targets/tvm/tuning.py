@@ -27,11 +27,10 @@ from typing import Iterator
 
 from edgefold import progress
 from edgefold.atomic import cache_root, scratch_directory
-from edgefold.errors import EdgefoldError
 from edgefold import interrupts
 from edgefold.interrupts import native_calls
 from edgefold.safe_names import safe_name
-from edgefold.targets.rpc_url import parse_rpc_url
+from edgefold.targets.rpc_url import RpcAddress
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -40,6 +39,8 @@ PROGRESS_FILE = "progress.json"
 
 @dataclass
 class TuningOutcome:
+    """What a tuning run did: kernels found, tuned and reused, trials, time, database, per-kernel bests."""
+
     tasks: int  # kernels in the module
     tuned: int  # kernels tuned by this run
     reused: int  # kernels whose tuning was already done
@@ -59,15 +60,18 @@ class TuningDatabase:
 
     @classmethod
     def for_bucket(cls, profile_name: str, target_text: str, label: str) -> "TuningDatabase":
+        """The database of one profile, target and shape label, in the edgefold cache."""
         digest = hashlib.sha256(target_text.encode()).hexdigest()[:10]
         return cls(cache_root() / "tuning" / f"{safe_name(profile_name, 'profile')}-{digest}" / safe_name(label, 'shape'))
 
     @property
     def workload_path(self) -> Path:
+        """Path of MetaSchedule's workload file."""
         return self.folder / WORKLOAD_FILE
 
     @property
     def record_path(self) -> Path:
+        """Path of MetaSchedule's tuning record file."""
         return self.folder / RECORD_FILE
 
     @contextlib.contextmanager
@@ -95,12 +99,14 @@ class TuningDatabase:
         return dropped
 
     def open(self):
+        """The folder as a MetaSchedule JSONDatabase (created when missing)."""
         from tvm.s_tir import meta_schedule as ms
 
         self.folder.mkdir(parents=True, exist_ok=True)
         return ms.database.JSONDatabase(str(self.workload_path), str(self.record_path), allow_missing=True)
 
     def progress(self) -> dict[str, int]:
+        """Trials already done per kernel key; {} when there is no readable progress file."""
         path = self.folder / PROGRESS_FILE
         if not path.exists():
             return {}
@@ -110,6 +116,7 @@ class TuningDatabase:
             return {}  # unreadable progress only costs re-tuning
 
     def mark_done(self, key: str, trials: int) -> None:
+        """Record that kernel `key` has been tuned with `trials` trials (the largest count is kept)."""
         done = self.progress()
         done[key] = max(trials, done.get(key, 0))
         _atomic_write(self.folder / PROGRESS_FILE, json.dumps(done, indent=1, sort_keys=True) + "\n")
@@ -136,6 +143,7 @@ def task_key(task) -> str:
 
 
 def extract_tasks(mod, target) -> list:
+    """MetaSchedule's tuning tasks (one per kernel) of a Relax module for `target`."""
     from tvm.s_tir import meta_schedule as ms
 
     return list(ms.relax_integration.extract_tasks(mod, target))
@@ -145,15 +153,17 @@ def extract_tasks(mod, target) -> list:
 class Measurement:
     """Where candidates are timed: this machine, or a device behind a TVM RPC tracker."""
 
-    rpc: str | None = None  # "host:port:key"
+    rpc: RpcAddress | None = None  # parsed once, where the rpc://TRACKER:PORT/KEY text comes in
     family: str = "x86"
     number: int = 3
     timeout_s: float = 60.0
 
     def can_measure(self) -> bool:
+        """Whether candidates can be timed: on an RPC device, or on this machine for x86 targets."""
         return self.rpc is not None or self.family == "x86"
 
     def runner(self):
+        """The MetaSchedule runner that times candidates here or on the RPC device."""
         from functools import partial
 
         from tvm.s_tir import meta_schedule as ms
@@ -167,9 +177,8 @@ class Measurement:
         if self.rpc is None:
             return ms.runner.LocalRunner(timeout_sec=self.timeout_s, evaluator_config=evaluator,
                                          initializer=partial(runner_worker_init, self.family))
-        host, port, key = parse_rpc_url(self.rpc)
-        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                     session_timeout_sec=int(self.timeout_s))
+        config = ms.runner.RPCConfig(tracker_host=self.rpc.host, tracker_port=self.rpc.port,
+                                     tracker_key=self.rpc.key, session_timeout_sec=int(self.timeout_s))
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
 
 
@@ -189,9 +198,9 @@ def tune(mod, target, database: TuningDatabase, trials: int, measurement: Measur
         outcome.skipped = "trial budget 0"
         return outcome
     if not measurement.can_measure():
-        outcome.skipped = "no device to measure on (give --rpc TRACKER:PORT:KEY)"
+        outcome.skipped = "no device to measure on (give --rpc rpc://TRACKER:PORT/KEY)"
         return outcome
-    _quiet_metaschedule()
+    quiet_metaschedule()
     with database.lock(), contextlib.ExitStack() as stack:
         dropped = database.repair()
         if dropped:
@@ -213,7 +222,7 @@ def tune(mod, target, database: TuningDatabase, trials: int, measurement: Measur
         for index, task in enumerate(pending, start=1):
             interrupts.check()
             before = len(db)
-            _quiet_metaschedule()  # each tune_tasks call re-reads the level for its console handler
+            quiet_metaschedule()  # each tune_tasks call re-reads the level for its console handler
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 [task], work_dir=str(database.folder),
                 strategy=ms.search_strategy.EvolutionarySearch(population_size=64), seed=0)
@@ -242,7 +251,7 @@ def _best_ms(db, task) -> float | None:
     return round(1e3 * sum(secs) / len(secs), 5)
 
 
-def _quiet_metaschedule() -> None:
+def quiet_metaschedule() -> None:
     """Console at WARNING (its per-task tables go to the database's logs/ folder only).
 
     Each tune_tasks call configures logging again from the logger's current handlers;

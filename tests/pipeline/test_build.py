@@ -128,3 +128,22 @@ def test_files_named_by_pass_options_are_build_inputs(tmp_path):
     text.write_text("second version\n", encoding="utf-8")
     after = pass_input_files(passes)
     assert after[f"0.slice:{text}"] != before[f"0.slice:{text}"]
+
+
+def test_each_model_version_is_read_and_analysed_once(cli, tmp_path, digits_onnx, monkeypatch):
+    """A pass's output analysis is the next pass's input analysis, and the build reuses the first
+    and last: three model versions, three loads and three analyses."""
+    import edgefold.analysis
+    from collections import Counter
+
+    loads, analysed = Counter(), []
+    real_load, real_analyse = onnx_io.load, edgefold.analysis.analyse
+    monkeypatch.setattr(onnx_io, "load", lambda path: loads.update([str(path)]) or real_load(path))
+    monkeypatch.setattr(edgefold.analysis, "analyse", lambda model: analysed.append(model) or real_analyse(model))
+    out = tmp_path / "out"
+    result = cli("compress", digits_onnx, "--pass", "cleanup", "--pass", "cleanup", "--no-eval", "-o", out)
+    assert result.code == 0, result.err
+    assert len(loads) == 3 and set(loads.values()) == {1}, loads
+    assert len(analysed) == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["params"] == manifest["passes"][0]["params"] == manifest["final"]["params"] > 0

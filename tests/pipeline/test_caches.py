@@ -51,17 +51,18 @@ def test_same_file_name_in_two_folders_are_two_models(tmp_path, monkeypatch):
 
 
 def test_cache_key_keeps_sources_and_versions_apart():
-    from edgefold.export.sources import cache_key, tool_versions
+    from edgefold.export.sources import cache_key
+    from edgefold.versions import export_versions
 
     # A source field named like a tool must not be overwritten by that tool's version.
     assert cache_key("onnx", {"onnx": "aaa"}) != cache_key("onnx", {"onnx": "bbb"})
     assert cache_key("onnx", {"content": "x"}) != cache_key("export", {"content": "x"})
-    assert "onnx" in tool_versions()
+    assert "onnx" in export_versions()
 
 
 def test_cached_entry_for_another_key_is_not_served(tmp_path, monkeypatch):
     from edgefold.export import export_model
-    from edgefold.export.pipeline import INFO_FILE, load_cached
+    from edgefold.export.execute import INFO_FILE, load_cached
 
     monkeypatch.setenv("EDGEFOLD_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "net.onnx"
@@ -79,7 +80,7 @@ def test_cached_entry_for_another_key_is_not_served(tmp_path, monkeypatch):
 
 
 def test_compiled_build_cache_copies_and_verifies(tmp_path, monkeypatch):
-    from edgefold.targets.tvm import build_cache
+    from edgefold.targets.tvm import compiled_cache
 
     monkeypatch.setenv("EDGEFOLD_CACHE", str(tmp_path / "cache"))
     artifact = tmp_path / "artifact"
@@ -87,12 +88,12 @@ def test_compiled_build_cache_copies_and_verifies(tmp_path, monkeypatch):
     (artifact / "lib" / "decode.so").write_bytes(b"library")
     (artifact / "weights.bin").write_bytes(b"weights")
     files = {"lib/decode.so": artifact / "lib" / "decode.so", "weights.bin": artifact / "weights.bin"}
-    build_cache.store("k" * 64, {"label": "decode"}, files)
-    entry, folder = build_cache.load("k" * 64)
+    compiled_cache.store("k" * 64, {"label": "decode"}, files)
+    entry, folder = compiled_cache.load("k" * 64)
     assert (folder / "weights.bin").stat().st_ino != (artifact / "weights.bin").stat().st_ino  # a copy, not a link
     (artifact / "weights.bin").write_bytes(b"edited in the artifact")  # cannot reach the cache
-    assert build_cache.load("k" * 64) is not None
+    assert compiled_cache.load("k" * 64) is not None
     (folder / "weights.bin").write_bytes(b"poisoned")  # the cache itself edited: entry refused
-    assert build_cache.load("k" * 64) is None
+    assert compiled_cache.load("k" * 64) is None
     shutil.rmtree(folder / "lib")
-    assert build_cache.load("k" * 64) is None
+    assert compiled_cache.load("k" * 64) is None

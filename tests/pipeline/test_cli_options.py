@@ -123,3 +123,27 @@ def test_bad_rpc_urls_name_the_syntax(bad):
 def test_compile_rpc_takes_the_same_syntax(cli, tmp_path):
     result = cli("compile", tmp_path / "m.onnx", "--rpc", "127.0.0.1:9190:phone")
     assert result.code == 2 and "rpc://TRACKER_HOST:PORT/KEY" in result.err
+
+
+def test_every_command_line_option_has_help():
+    import argparse
+
+    from edgefold.cli import _parser
+
+    missing = []
+    for action in _parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, parser in action.choices.items():
+                missing += [f"{command} {'/'.join(a.option_strings) or a.dest}" for a in parser._actions
+                            if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not missing, missing
+
+
+def test_every_recipe_setting_has_a_description():
+    from edgefold.gates import Gates
+    from edgefold.recipe import CompileSettings, EvalSettings, Recipe, SearchSpace, ValidationSettings
+
+    missing = [f"{model.__name__}.{name}" for model in (Recipe, EvalSettings, CompileSettings, ValidationSettings,
+                                                         SearchSpace, Gates)
+               for name, field in model.model_fields.items() if not (field.description or "").strip()]
+    assert not missing, missing

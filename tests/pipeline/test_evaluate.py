@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgefold import onnx_io
 from edgefold.errors import EdgefoldError
-from edgefold.evaluate import data, evaluate, primary_metric
+from edgefold import datasets as data
+from edgefold.evaluate import evaluate, primary_metric
 from edgefold.evaluate import perplexity as ppl_mod
 from edgefold.evaluate import similarity, vision
 from edgefold.models.metadata import TASK_KEY, Task
@@ -77,11 +78,11 @@ def test_sample_photos_deterministic():
 
 def test_image_batch_preprocessing():
     photos = data.sample_photos()[:3]
-    batch = vision.image_batch(photos)
+    batch = data.image_batch(photos)
     assert batch.shape == (3, 3, 224, 224) and batch.dtype == np.float32
     assert -1.0 <= batch.min() and batch.max() <= 1.0  # (pixel - 127) / 128
     flat = np.full((300, 400, 3), 127, np.uint8)
-    assert np.allclose(vision.image_batch([flat]), 0.0)
+    assert np.allclose(data.image_batch([flat]), 0.0)
 
 
 def test_digits_split():
@@ -303,7 +304,7 @@ def test_lee_pair_fidelity_and_bootstrap_interval(minilm_onnx):
 
 def test_effnet_self_agreement(effnet_onnx):
     session = onnx_io.session(effnet_onnx)
-    images = vision.image_batch(data.sample_photos())
+    images = data.image_batch(data.sample_photos())
     same = vision.compare_classifiers(session, session, images)
     assert same["top1_agreement"] == 1.0 and same["kl"] == pytest.approx(0.0, abs=1e-9)
     without_reference = evaluate(effnet_onnx, images=images)  # task from metadata

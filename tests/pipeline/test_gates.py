@@ -63,6 +63,22 @@ def test_tvm_latency_gate(cli, tmp_path, digits_onnx):
     assert cli("check", _recipe(tmp_path, "digits-cnn", f"max_latency_ms = {{ tvm = {measured * 20} }}")).code == 0
 
 
+def test_estimate_gate_prices_the_profile_file_beside_the_recipe(cli, tmp_path, digits_onnx, monkeypatch):
+    """A recipe's profile path starts from the recipe's folder for every stage, the estimate gate too."""
+    from edgefold.targets.profiles import BUILTIN_DIR
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "phone.toml").write_text((BUILTIN_DIR / "mobile-arm64.toml").read_text())
+    recipe = _recipe(recipes, "digits-cnn", "max_latency_ms = { estimate = 10000 }", eval_on=False)
+    recipe.write_text('profile = "phone.toml"\n' + recipe.read_text() + "[compile]\nenabled = false\n")
+    monkeypatch.chdir(tmp_path)
+    result = cli("build", "recipes/recipe.toml")
+    assert result.code == 0, result.err
+    report = json.loads((recipes / "out" / "report.json").read_text())
+    assert report["profile"] == report["latency"]["estimate"]["profile"] == "phone"
+
+
 def test_broken_gate_values_exit_2(cli, tmp_path):
     result = cli("build", _recipe(tmp_path, "digits-cnn", "min_accuracy = 3"))
     assert result.code == 2 and "gates.min_accuracy" in result.err

@@ -10,7 +10,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 
 COMPRESS = ("compress", "digits-cnn", "--pass", "cleanup", "--no-eval")
 

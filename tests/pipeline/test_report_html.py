@@ -20,7 +20,7 @@ import pytest
 
 from edgefold import onnx_io
 from edgefold.analysis import analyse
-from edgefold.build_report import layer_sizes, write_reports
+from edgefold.report.assemble import layer_sizes, write_reports
 from edgefold.model_stats import file_bytes
 from edgefold.passes.base import PassContext
 from edgefold.passes.registry import create_pass

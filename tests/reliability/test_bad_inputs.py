@@ -8,14 +8,11 @@ All cases work inside tmp_path; "home" and "the working folder" are tmp_path fol
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

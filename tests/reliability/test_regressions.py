@@ -256,9 +256,9 @@ def test_fidelity_floor_stops_a_pass_that_wrecks_the_outputs(tmp_path):
     assert "--min-cosine / [validation] min_cosine" in message
 
     dip = create_pass("dip", {"sparsity": 0.5})
-    _, [record] = run_passes(handle, [dip], tmp_path / "work-b")  # default floor 0.5: passes
+    [record] = run_passes(handle, [dip], tmp_path / "work-b").records  # default floor 0.5: passes
     assert 0.5 <= record.fidelity["cosine"] < 0.999
     with pytest.raises(EdgefoldError, match="below the fidelity floor 0.999"):
         run_passes(handle, [dip], tmp_path / "work-c", min_cosine=0.999)
-    _, [negated] = run_passes(handle, [_negate_output_pass()], tmp_path / "work-d", min_cosine=-2.0)
+    [negated] = run_passes(handle, [_negate_output_pass()], tmp_path / "work-d", min_cosine=-2.0).records
     assert negated.fidelity["cosine"] < -0.999

@@ -8,7 +8,6 @@ fixtures (the export cache) or are tiny synthetic graphs.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -220,7 +219,7 @@ def test_weight_file_round_trip(tmp_path):
 def test_build_cache_key_covers_the_kernel_subpackages(tmp_path):
     # A finished build is reused only while the compile code is unchanged; the LLM kernels
     # live in subpackages (kernels/, llm/), so an edit there must change the key too.
-    from edgefold.targets.tvm.build_cache import code_hash
+    from edgefold.targets.tvm.compiled_cache import code_hash
 
     (tmp_path / "kernels").mkdir()
     (tmp_path / "artifact.py").write_text("A = 1\n")

@@ -48,6 +48,7 @@ def exp(x):
 
 
 def sigmoid(x):
+    """sigmoid(x) for float32 PrimExprs (scalar or vector)."""
     lanes = _lanes(x)
     one = T.broadcast(T.float32(1), lanes) if lanes > 1 else T.float32(1)
     return one / (one + exp(-x))
@@ -132,6 +133,7 @@ def rms_norm_macro(k: int, kp: int, eps: float, lanes: int):
 
 
 def copy_macro(k: int, kp: int, lanes: int):
+    """Macro: row `row` of v [rows, kp] = x[x_off:x_off+k] as is, zero padded to kp."""
     chunks, tail = divmod(k, lanes)
 
     @T.macro

@@ -98,6 +98,8 @@ def _row_macros(L: int, D: int, S: int, SCALE: float):
 
 @dataclass(frozen=True)
 class AttentionSpec:
+    """Everything that decides the code of one decode attention kernel."""
+
     isa: Isa
     heads: int
     kv_heads: int
@@ -111,12 +113,14 @@ class AttentionSpec:
 
     @property
     def name(self) -> str:
+        """The kernel's function name, unique per spec."""
         return (f"attention_h{self.heads}_kv{self.kv_heads}_d{self.head_dim}_l{self.slots}_q{self.qkv_len}"
                 f"_c{self.ctx_len or self.heads * self.head_dim}"
                 f"{'' if self.rope else '_norope'}_{self.isa.name}").replace("-", "_")
 
 
 def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
+    """The decode attention kernel: one new token's q/k/v -> RoPE, cache write, GQA attention -> ctx."""
     L = spec.isa.lanes
     H, HKV, D, S = spec.heads, spec.kv_heads, spec.head_dim, spec.slots
     GROUP, HALF = H // HKV, D // 2
@@ -177,6 +181,8 @@ def build_attention_decode(spec: AttentionSpec) -> tvm.tirx.PrimFunc:
 
 @dataclass(frozen=True)
 class PrefillAttentionSpec:
+    """Everything that decides the code of one prefill attention kernel."""
+
     isa: Isa
     heads: int
     kv_heads: int
@@ -192,6 +198,7 @@ class PrefillAttentionSpec:
 
     @property
     def name(self) -> str:
+        """The kernel's function name, unique per spec."""
         qkv = self.qkv_width or (self.heads + 2 * self.kv_heads) * self.head_dim
         return (f"attention_prefill_t{self.tokens}_h{self.heads}_kv{self.kv_heads}_d{self.head_dim}_l{self.slots}"
                 f"_q{qkv}_c{self.context_width or self.heads * self.head_dim}"

@@ -24,6 +24,8 @@ EMBED_SLOTS = ("W", "S", "S_step", "S_zero", "Z", "M", "M_step", "M_zero", "inv_
 
 @dataclass(frozen=True)
 class EmbedSpec:
+    """Everything that decides the code of one embedding kernel."""
+
     fmt: IntFormat | FloatFormat
     vocab: int
     hidden: int
@@ -32,10 +34,12 @@ class EmbedSpec:
 
     @property
     def name(self) -> str:
+        """The kernel's function name, unique per spec."""
         return f"embed_{self.fmt.key}_{self.vocab}x{self.hidden}_t{self.tokens}".replace("-", "_")
 
 
 def build_embed(spec: EmbedSpec) -> tvm.tirx.PrimFunc:
+    """The embedding kernel: fp32 rows of the given token ids from the packed table, plus RoPE cos/sin."""
     fmt, V, H, NT, D = spec.fmt, spec.vocab, spec.hidden, spec.tokens, spec.head_dim
     G, HALF = -(-V // ROWS), spec.head_dim // 2
     is_int = isinstance(fmt, IntFormat)

@@ -18,7 +18,7 @@ from tvm.script import tirx as T
 
 from edgefold.targets.tvm.kernels import act, gemm_amx
 from edgefold.targets.tvm.kernels.epilogue import store_row
-from edgefold.targets.tvm.kernels.gemv import SCHEDULED, STORAGE_DTYPES, _dot, fp8_to_f32
+from edgefold.targets.tvm.kernels.gemv import SCHEDULED, STORAGE_DTYPES, int8_dot, fp8_to_f32
 from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
 from edgefold.targets.tvm.kernels.weight_element import block_offset, code_vector, side_value
@@ -26,6 +26,8 @@ from edgefold.targets.tvm.kernels.weight_element import block_offset, code_vecto
 
 @dataclass(frozen=True)
 class GemmSpec:
+    """Everything that decides the code of one prefill GEMM kernel."""
+
     isa: Isa
     fmt: IntFormat | FloatFormat
     n: int
@@ -40,16 +42,19 @@ class GemmSpec:
 
     @property
     def name(self) -> str:
+        """The kernel's function name, unique per spec."""
         mode = "acc" if self.accumulate else "set"
         return (f"gemm_{self.fmt.key}_{self.m}x{self.n}x{self.k}_{self.prologue}_{mode}{'_bias' if self.bias else ''}"
                 f"_{self.isa.name}{'_amx' if self.uses_amx else ''}").replace("-", "_")
 
     @property
     def uses_amx(self) -> bool:
+        """Whether this GEMM runs on Intel AMX bf16 tiles (`gemm_amx`)."""
         return gemm_amx.fits(self)
 
     @property
     def uses_int_dot(self) -> bool:
+        """Whether activations are quantized to int8 for the isa's int dot product (else fp32 FMA)."""
         if not isinstance(self.fmt, IntFormat) or not self.isa.has_int_dot:
             return False
         return not (self.fmt.bits == 8 and self.isa.int_dot.startswith("maddubs"))
@@ -65,6 +70,7 @@ class GemmSpec:
 
 
 def build_gemm(spec: GemmSpec) -> tvm.tirx.PrimFunc:
+    """The prefill GEMM kernel for `spec`: on AMX tiles, with an int8 dot product, or in fp32."""
     if spec.uses_amx:
         return gemm_amx.build_amx_gemm(spec)
     if spec.uses_int_dot:
@@ -163,13 +169,13 @@ def _int_gemm(spec: GemmSpec):
                                                 high = T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(4), L)),
                                                                      T.broadcast(T.int32(0x0F0F0F0F), L))
                                                 for r in T.unroll(MR):
-                                                    ia[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
-                                                        isa, _dot(isa, ia[T.ramp(r * ROWS + j * L, 1, L)], low,
+                                                    ia[T.ramp(r * ROWS + j * L, 1, L)] = int8_dot(
+                                                        isa, int8_dot(isa, ia[T.ramp(r * ROWS + j * L, 1, L)], low,
                                                                   T.broadcast(xw[mt * MR + r, a * 8 + t * 2], L)),
                                                         high, T.broadcast(xw[mt * MR + r, a * 8 + t * 2 + 1], L))
                                             else:
                                                 for r in T.unroll(MR):
-                                                    ia[T.ramp(r * ROWS + j * L, 1, L)] = _dot(
+                                                    ia[T.ramp(r * ROWS + j * L, 1, L)] = int8_dot(
                                                         isa, ia[T.ramp(r * ROWS + j * L, 1, L)], word,
                                                         T.broadcast(xw[mt * MR + r, a * 8 + t], L))
                                     for r in T.unroll(MR):

@@ -70,6 +70,7 @@ def _bf16_bits(value, lanes: int):
 
 
 def build_amx_gemm(spec) -> tvm.tirx.PrimFunc:
+    """The prefill GEMM kernel of a GemmSpec on Intel AMX bf16 tiles."""
     fmt = spec.fmt
     L = 16
     N, K, KP, M = spec.n, spec.k, padded_k(spec.k), spec.m

@@ -56,6 +56,7 @@ class GemvSpec:
 
     @property
     def name(self) -> str:
+        """The kernel's function name, unique per spec."""
         mode = "acc" if self.accumulate else "set"
         return (f"gemv_{self.fmt.key}_{self.n}x{self.k}_{self.prologue}_{mode}{'_bias' if self.bias else ''}"
                 f"_{self.isa.name}").replace("-", "_")
@@ -76,7 +77,7 @@ class GemvSpec:
 STORAGE_DTYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "fp8": "uint8"}
 
 
-def _dot(isa: Isa, acc, w, x):
+def int8_dot(isa: Isa, acc, w, x):
     """acc (int32 x L) += 4-byte dot products of u8 weights `w` and s8 activations `x` (int32 x L)."""
     lanes = isa.lanes
     if isa.int_dot == "vnni512":
@@ -107,6 +108,7 @@ def fp8_to_f32(bits, lanes: int):
 
 
 def build_gemv(spec: GemvSpec) -> tvm.tirx.PrimFunc:
+    """The decode GEMV kernel for `spec`: float weights, or low-bit with or without an int8 dot product."""
     if isinstance(spec.fmt, FloatFormat):
         return _float_gemv(spec)
     if spec.uses_int_dot:
@@ -212,21 +214,21 @@ def _int_gemv(spec: GemvSpec):
                                     for j in T.unroll(SUB):
                                         word = W[g, a * WPA + t, T.ramp(j * L, 1, L)]
                                         if four_bit:
-                                            lo[T.ramp(j * L, 1, L)] = _dot(
+                                            lo[T.ramp(j * L, 1, L)] = int8_dot(
                                                 isa, lo[T.ramp(j * L, 1, L)],
                                                 T.bitwise_and(word, T.broadcast(T.int32(M4), L)),
                                                 T.broadcast(xw[a * 8 + t * 2], L))
-                                            hi[T.ramp(j * L, 1, L)] = _dot(
+                                            hi[T.ramp(j * L, 1, L)] = int8_dot(
                                                 isa, hi[T.ramp(j * L, 1, L)],
                                                 T.bitwise_and(T.shift_right(word, T.broadcast(T.int32(4), L)),
                                                               T.broadcast(T.int32(M4), L)),
                                                 T.broadcast(xw[a * 8 + t * 2 + 1], L))
                                         else:
                                             if t % 2 == 0:
-                                                lo[T.ramp(j * L, 1, L)] = _dot(isa, lo[T.ramp(j * L, 1, L)], word,
+                                                lo[T.ramp(j * L, 1, L)] = int8_dot(isa, lo[T.ramp(j * L, 1, L)], word,
                                                                                T.broadcast(xw[a * 8 + t], L))
                                             else:
-                                                hi[T.ramp(j * L, 1, L)] = _dot(isa, hi[T.ramp(j * L, 1, L)], word,
+                                                hi[T.ramp(j * L, 1, L)] = int8_dot(isa, hi[T.ramp(j * L, 1, L)], word,
                                                                                T.broadcast(xw[a * 8 + t], L))
                                 for j in T.unroll(SUB):
                                     blockf[T.ramp(j * L, 1, L)] = blockf[T.ramp(j * L, 1, L)] + T.Cast(

@@ -27,6 +27,8 @@ ACT_BLOCK = 32  # activations are quantized to int8 per block of 32 inputs
 
 @dataclass(frozen=True)
 class Isa:
+    """The vector features of a target a kernel is specialised for: lanes, int8 dot, AMX, threads."""
+
     name: str
     lanes: int  # fp32 / int32 lanes per vector
     int_dot: str  # "vnni512", "maddubs512", "maddubs256", "sdot" or "" (no int8 dot product)
@@ -36,9 +38,11 @@ class Isa:
 
     @property
     def has_int_dot(self) -> bool:
+        """Whether the isa has an int8 dot product instruction."""
         return bool(self.int_dot)
 
     def describe(self) -> str:
+        """The isa in words: lanes, int8 dot instruction, AMX, threads."""
         dot = {"vnni512": "vpdpbusd", "maddubs512": "vpmaddubsw+vpmaddwd (512-bit)",
                "maddubs256": "vpmaddubsw+vpmaddwd (256-bit)", "sdot": "sdot", "": "none (fp32 FMA)"}[self.int_dot]
         tiles = ", AMX bf16 tiles for prefill" if self.amx else ""

@@ -39,6 +39,7 @@ class IntFormat:
 
     @property
     def key(self) -> str:
+        """Short name of the format, e.g. `int4-b32-sf16-bias8`, used in kernel names."""
         block = f"b{self.block}" if self.block else "row"
         extra = f"-m{self.minimum}" if self.offset == "min" else ""
         return f"int{self.bits}-{block}-s{self.scale}-{self.offset}{self.bias}{extra}"
@@ -46,10 +47,13 @@ class IntFormat:
 
 @dataclass(frozen=True)
 class FloatFormat:
+    """Float weights stored as fp32, fp16 or fp8 (e4m3) bits."""
+
     dtype: str  # "f32", "f16", "fp8"
 
     @property
     def key(self) -> str:
+        """Short name of the format (its dtype), used in kernel names."""
         return self.dtype
 
 
@@ -64,6 +68,7 @@ class PackedWeight:
 
     @property
     def groups(self) -> int:
+        """Number of 16-row groups (G) the N output rows take."""
         return -(-self.n // ROWS)
 
     @property
@@ -73,19 +78,23 @@ class PackedWeight:
 
     @property
     def weight_blocks(self) -> int:
+        """Weight blocks per row along K (KB) for int formats; 0 for float formats."""
         if not isinstance(self.fmt, IntFormat):
             return 0
         return 1 if not self.fmt.block else -(-self.kp // self.fmt.block)
 
     def nbytes(self) -> int:
+        """Total bytes of the packed streams."""
         return sum(a.nbytes for a in self.streams.values())
 
 
 def padded_k(k: int) -> int:
+    """K rounded up to a whole number of activation blocks (32)."""
     return -(-k // ACT_BLOCK) * ACT_BLOCK
 
 
 def kernel_format(w: StoredWeight) -> IntFormat | FloatFormat:
+    """The kernel format that reads a stored weight's bytes as they are; Unsupported if none can."""
     if w.kind in ("fp32", "fp16", "fp8"):
         return FloatFormat({"fp32": "f32", "fp16": "f16", "fp8": "fp8"}[w.kind])
     block = 0 if w.block >= w.k else w.block
@@ -217,6 +226,7 @@ class Blob:
         return start // array.dtype.itemsize
 
     def bytes(self) -> np.ndarray:
+        """The whole blob as one uint8 array, padded to a 64-byte multiple (the artifact's weights.bin)."""
         total = -(-self.size // ALIGN) * ALIGN
         out = np.zeros(total, np.uint8)
         cursor = 0

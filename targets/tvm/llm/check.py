@@ -22,6 +22,7 @@ PREFILL_LENGTHS = 4  # prompt lengths checked per prefill bucket (the bucket, th
 
 
 def text_tokens(meta: dict, count: int) -> list[int]:
+    """The first `count` token ids of the Wikipedia check text, with the model's tokenizer."""
     from edgefold.evaluate.perplexity import wikipedia_tokens
 
     return [int(t) for t in wikipedia_tokens(meta.get("tokenizer") or meta["name"], count)]
@@ -54,6 +55,7 @@ def check_prefill(run_prompt: Callable[[list[int]], np.ndarray], references, met
 
 
 def host_decode(session) -> Callable[[list[int]], np.ndarray]:
+    """`run_tokens` for check_decode on this machine: per-step logits from an LlmSession, empty cache."""
     def run(ids: list[int]) -> np.ndarray:
         session.reset()
         return np.stack([session.decode(token) for token in ids])
@@ -61,6 +63,7 @@ def host_decode(session) -> Callable[[list[int]], np.ndarray]:
 
 
 def host_prefill(session) -> Callable[[list[int]], np.ndarray]:
+    """`run_prompt` for check_prefill on this machine: an LlmSession's last-token logits, empty cache."""
     def run(ids: list[int]) -> np.ndarray:
         session.reset()
         return session.prefill(ids)

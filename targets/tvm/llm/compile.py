@@ -28,6 +28,8 @@ LATENCY_CONTEXT = 128  # decode is timed with this many tokens already in the ca
 
 @dataclass
 class LlmResult:
+    """What the LLM path built: the manifest entries of its libraries and their timings."""
+
     entries: list[dict[str, Any]]
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -39,15 +41,15 @@ def compile_llm(model_path: Path, meta: dict, device, target, kind: str, seqs: l
 
     `baseline_model`: the model before compression (a build's original); onnxruntime is timed on
     it, the comparison a user makes (else on the compiled model itself)."""
-    from edgefold.targets.tvm import build_cache
+    from edgefold.targets.tvm import compiled_cache
     from edgefold.targets.tvm.kernels.isa import isa_for
 
     if meta.get("task") != "causal-lm" or kv_cache <= 0 or kind == "cuda":
         return None
-    hit = build_cache.load(cache_key) if reuse else None
+    hit = compiled_cache.load(cache_key) if reuse else None
     if hit is not None:
         entry, folder = hit
-        build_cache.restore(folder, entry, staging)
+        compiled_cache.restore(folder, entry, staging)
         entries = entry["llm_entries"]
         progress.info(f"    LLM libraries: inputs and code unchanged: reused the finished build ({folder})")
         result = LlmResult(entries, {e["label"]: {"reused_build": str(folder)} for e in entries})
@@ -63,7 +65,7 @@ def compile_llm(model_path: Path, meta: dict, device, target, kind: str, seqs: l
         if check and kind == "x86_64":
             _check(result, staging, meta, references, kv_cache)
         files = {name: staging / name for e in result.entries for name in (e["library"], e["weights"])}
-        build_cache.store(cache_key, {"llm_entries": result.entries}, files)
+        compiled_cache.store(cache_key, {"llm_entries": result.entries}, files)
     if check and latency and kind == "x86_64":
         _measure(result, staging, references, kv_cache, baseline_model)
     return result
@@ -88,7 +90,7 @@ def _verified_spec(model_path: Path, references, kv_cache: int, meta: dict):
 
 def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache, staging, *, budget: int = 0,
            database=None) -> LlmResult:
-    from edgefold.targets.tvm.build import export
+    from edgefold.targets.tvm.library import export
     from edgefold.targets.tvm.llm.program import build_module, relax_pipeline, plan_decoder
     from edgefold.targets.tvm.weights import write_weights
 
@@ -182,7 +184,7 @@ def _measure(result: LlmResult, staging: Path, references, kv_cache: int, baseli
             ms, context = timed[entry["label"]]
             timing = result.timings.setdefault(entry["label"], {})
             if entry["function"] == "decode":
-                reference_ms = _onnxruntime_decode_ms(ort, kv_cache, context)
+                reference_ms = onnxruntime_decode_ms(ort, kv_cache, context)
                 timing["latency"] = {"tvm_ms": round(statistics.median(ms), 3), "context": context}
             else:
                 reference_ms = _onnxruntime_prefill_ms(ort, entry["tokens"])
@@ -190,10 +192,11 @@ def _measure(result: LlmResult, staging: Path, references, kv_cache: int, baseli
             timing["latency"].update(onnxruntime_ms=round(reference_ms, 3), onnxruntime_model=which)
 
 
-def _onnxruntime_decode_ms(references, kv_cache: int, context: int, repeats: int = 8) -> float:
+def onnxruntime_decode_ms(references, kv_cache: int, context: int, repeats: int = 8) -> float:
+    """Median ms of one onnxruntime decode step at position `context` of a `kv_cache`-slot cache."""
     import statistics
 
-    from edgefold.latency import time_calls
+    from edgefold.timing import time_calls
 
     session = references.session(kv_cache, exact=False)
     feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
@@ -206,7 +209,7 @@ def _onnxruntime_decode_ms(references, kv_cache: int, context: int, repeats: int
 def _onnxruntime_prefill_ms(references, tokens: int, repeats: int = 3) -> float:
     import statistics
 
-    from edgefold.latency import time_calls
+    from edgefold.timing import time_calls
 
     session = references.session(0, exact=False)
     feeds = {"input_ids": np.ones((1, tokens), np.int64)}

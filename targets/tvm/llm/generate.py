@@ -31,6 +31,7 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
+        """Whether tokens are picked by argmax (temperature 0)."""
         return self.temperature <= 0.0
 
 
@@ -57,6 +58,8 @@ def make_sampler(sampling: Sampling) -> Callable[[np.ndarray], int] | None:
 
 @dataclass
 class Generated:
+    """Text generated from an artifact: prompt length, new tokens and text, where it ran, timings."""
+
     prompt_tokens: int
     tokens: list[int]
     text: str
@@ -66,6 +69,7 @@ class Generated:
 
     @property
     def tokens_per_s(self) -> float | None:
+        """Decode speed from the median step time; None when no decode step was timed."""
         return 1e3 / statistics.median(self.decode_ms) if self.decode_ms else None
 
 
@@ -99,6 +103,9 @@ def _compiled(folder: Path) -> dict:
 
 def generate_text(folder: Path, prompt: str, max_new_tokens: int, *, sampling: Sampling = Sampling(),
                   on_text: Callable[[str], None] | None = None) -> Generated:
+    """Continue `prompt` with up to `max_new_tokens` tokens from a compiled LLM artifact.
+
+    Host artifacts run in TVM's VM; aarch64 ones under qemu (greedy only). `on_text` gets the text as it comes."""
     from edgefold.models.metadata import load_tokenizer
 
     folder = Path(folder)

@@ -26,7 +26,7 @@ from edgefold.targets.tvm.kernels.attention import AttentionSpec, build_attentio
 from edgefold.targets.tvm.kernels.embed import EMBED_SLOTS, EmbedSpec, build_embed
 from edgefold.targets.tvm.kernels.gemv import OFFSET_SLOTS, GemvSpec, build_gemv
 from edgefold.targets.tvm.kernels.isa import Isa
-from edgefold.targets.tvm.kernels.packing import Blob, PackedWeight, add_packed, concat_rows, kernel_format, pack
+from edgefold.targets.tvm.kernels.packing import Blob, PackedWeight, add_packed, concat_rows, pack
 from edgefold.targets.tvm.llm.spec import DecoderSpec, Linear, Unsupported
 
 
@@ -40,11 +40,14 @@ class Segment:
 
     @property
     def n(self) -> int:
+        """Number of output rows this segment writes."""
         return self.packed.n
 
 
 @dataclass
 class LayerPlan:
+    """Where one decoder layer's weights, norms and KV-cache regions are, plus its attention shape."""
+
     qkv: list[Segment]
     o: Segment
     gate_up: list[Segment]
@@ -277,10 +280,6 @@ def _off_4k(width: int) -> int:
     return width + 16 if (width * 4) % 4096 == 0 else width
 
 
-def build_decode_module(plan: DecoderPlan):
-    return build_module(plan, 1)
-
-
 def relax_pipeline():
     """Lowering for a module that is only calls of scheduled kernels (nothing to legalize or fuse)."""
     import tvm
@@ -290,22 +289,3 @@ def relax_pipeline():
         rt.ToNonDataflow(), rt.RemovePurityChecking(),
         rt.CallTIRRewrite(), rt.StaticPlanBlockMemory(), rt.LowerAllocTensor(), rt.KillAfterLastUse(),
         rt.LowerRuntimeBuiltin(), rt.ComputePrimValue(), rt.VMShapeLower(), rt.AttachGlobalSymbol()])
-
-
-def compile_decode(plan: DecoderPlan, target, tokens: int = 1):
-    """The VM executable of the plan's decode (tokens == 1) or prefill module for `target`."""
-    import tvm
-
-    mod, kernels = build_module(plan, tokens)
-    with tvm.transform.PassContext(opt_level=3):
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline()), kernels
-
-
-def kernel_format_counts(spec: DecoderSpec) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for layer in spec.layers:
-        for lin in (layer.attention.q, layer.attention.k, layer.attention.v, layer.attention.o,
-                    layer.mlp.gate, layer.mlp.up, layer.mlp.down):
-            key = kernel_format(lin.weight).key
-            counts[key] = counts.get(key, 0) + 1
-    return counts

@@ -8,7 +8,6 @@ reference.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +15,7 @@ from edgefold.targets.tvm.llm.spec import DecoderSpec, RmsNorm, Unsupported
 
 
 def rms_norm(x: np.ndarray, norm: RmsNorm) -> np.ndarray:
+    """RMSNorm of x over its last axis with `norm`'s weight and eps, in float32."""
     x = x.astype(np.float32)
     return (norm.weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(norm.eps)))).astype(np.float32)
 
@@ -51,6 +51,7 @@ class NumpyDecoder:
         return y + linear.bias if linear.bias is not None else y
 
     def step(self, token: int, position: int) -> np.ndarray:
+        """Logits after `token` at `position`, whose keys/values go into the decoder's cache."""
         spec = self.spec
         table = self._dense.setdefault(id(spec.embedding), spec.embedding.dequantize())
         x = table[token].astype(np.float32)

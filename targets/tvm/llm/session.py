@@ -19,6 +19,8 @@ from edgefold.errors import EdgefoldError
 
 @dataclass
 class GenerationResult:
+    """A generation from a prompt: prompt ids, generated ids, prefill ms and per-token decode ms."""
+
     prompt: list[int]
     tokens: list[int]  # generated ids, in order
     prefill_ms: float
@@ -26,6 +28,7 @@ class GenerationResult:
 
     @property
     def tokens_per_s(self) -> float:
+        """Decode speed from the median step time; 0 when no decode step was timed."""
         return 1000.0 / float(np.median(self.decode_ms)) if self.decode_ms else 0.0
 
 
@@ -58,6 +61,7 @@ class LlmSession:
         self.position = 0
 
     def reset(self) -> None:
+        """Start over: an empty KV cache at position 0."""
         self.cache = self._tvm.runtime.tensor(np.zeros(int(self.entry["cache_len"]), np.float32))
         self.position = 0
 
@@ -129,6 +133,7 @@ class LlmSession:
         return times
 
     def prefill_latency_ms(self, tokens: int, repeats: int = 3) -> list[float]:
+        """ms of each of `repeats` prefills of `tokens` tokens; [] when no prefill library holds that many."""
         bucket = max(self.prefill_fns) if self.prefill_fns else 0
         if bucket < tokens:
             return []

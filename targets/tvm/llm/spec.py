@@ -30,18 +30,24 @@ __all__ = ["AttentionSpec", "DecoderSpec", "LayerSpec", "Linear", "MlpSpec", "Rm
 
 @dataclass
 class RmsNorm:
+    """An RMSNorm: its float32 weight [hidden] and eps."""
+
     weight: np.ndarray  # float32 [hidden]
     eps: float
 
 
 @dataclass
 class Linear:
+    """A linear layer: its stored weight [out, in] and optional float32 bias."""
+
     weight: StoredWeight  # [out, in]
     bias: np.ndarray | None = None  # float32 [out]
 
 
 @dataclass
 class AttentionSpec:
+    """One layer's attention: q/k/v/o linears, head counts, head size, score scale, RoPE or not."""
+
     q: Linear
     k: Linear
     v: Linear
@@ -55,17 +61,22 @@ class AttentionSpec:
 
 @dataclass
 class MlpSpec:
+    """One layer's SwiGLU MLP: gate, up and down linears."""
+
     gate: Linear
     up: Linear
     down: Linear
 
     @property
     def intermediate(self) -> int:
+        """Width of the MLP's hidden layer (the down projection's input)."""
         return self.down.weight.k
 
 
 @dataclass
 class LayerSpec:
+    """One decoder layer: attention and MLP, each with the RMSNorm before it."""
+
     attn_norm: RmsNorm
     attention: AttentionSpec
     mlp_norm: RmsNorm
@@ -74,6 +85,8 @@ class LayerSpec:
 
 @dataclass
 class DecoderSpec:
+    """A Llama-family decoder as read from its graph: embedding, layers, final norm, lm_head, RoPE."""
+
     name: str
     vocab: int
     hidden: int
@@ -87,6 +100,7 @@ class DecoderSpec:
 
     @property
     def head_dim(self) -> int:
+        """Size of one attention head (from the first layer)."""
         return self.layers[0].attention.head_dim
 
     def weight_bytes(self) -> int:
@@ -225,11 +239,11 @@ def _linear(graph: ir.Graph, node_name: str, side_codes) -> tuple[Linear, ir.Nod
 
 
 def _rope_inv_freq(graph: ir.Graph) -> np.ndarray:
-    from edgefold.targets.tvm.kv_cache import _rope_angles  # the same RoPE the KV-cache rewrite reads
+    from edgefold.targets.tvm.kv_cache import rope_angles  # the same RoPE the KV-cache rewrite reads
     from edgefold.errors import EdgefoldError
 
     try:
-        matmul = _rope_angles(graph)
+        matmul = rope_angles(graph)
     except EdgefoldError as error:
         raise Unsupported(str(error)) from None
     cos = [n for n in graph if n.op_type == "Cos"][0]
@@ -249,14 +263,14 @@ def extract_decoder(model_path: Path) -> DecoderSpec:
     """The decoder description of a causal LM's ONNX file; raises Unsupported otherwise."""
     from edgefold import onnx_io
     from edgefold.analysis import analyse
-    from edgefold.targets.tvm.kv_cache import _analysable_copy
+    from edgefold.targets.tvm.kv_cache import analysable_copy
     from edgefold.targets.tvm.lowbit import collapse_decoders
 
     model = onnx_io.load(model_path)
     graph = model.graph
     if [v.name for v in graph.inputs] != ["input_ids"] or not graph.outputs or graph.outputs[0].name != "logits":
         raise Unsupported("expected a causal LM with input input_ids and output logits")
-    analysis = analyse(_analysable_copy(model_path))
+    analysis = analyse(analysable_copy(model_path))
     side_codes: dict = {}
     collapse_decoders(model, side_codes)
     graph = model.graph
@@ -291,11 +305,11 @@ def extract_decoder(model_path: Path) -> DecoderSpec:
             raise Unsupported(f"{attention.name}: v head size differs from q/k")
         scores = _node(graph, attention.scores_matmul)
         softmax = _node(graph, attention.softmax)
-        from edgefold.targets.tvm.kv_cache import _score_scale_and_softmax_check
+        from edgefold.targets.tvm.kv_cache import score_scale_and_softmax_check
         from edgefold.errors import EdgefoldError
 
         try:
-            score_scale = _score_scale_and_softmax_check(scores, softmax)
+            score_scale = score_scale_and_softmax_check(scores, softmax)
         except EdgefoldError as error:
             raise Unsupported(str(error)) from None
         scale = _scale_on_path(scores.inputs[0]) * _scale_on_path(scores.inputs[1]) * score_scale

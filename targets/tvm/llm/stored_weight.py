@@ -38,12 +38,15 @@ class SideTensor:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the values take in their stored form."""
         per = {"f32": 4, "f16": 2, "u8": 1}[self.storage]
         return self.values.size * per
 
 
 @dataclass
 class StoredWeight:
+    """A weight [N, K] as the model stores it: float values, or codes with scale, zero and minimum."""
+
     name: str
     n: int
     k: int
@@ -59,6 +62,7 @@ class StoredWeight:
 
     @property
     def blocks(self) -> int:
+        """Number of scale blocks per row along K."""
         return -(-self.k // self.block) if self.block else 1
 
     def dequantize(self) -> np.ndarray:
@@ -84,6 +88,7 @@ class StoredWeight:
         return np.ascontiguousarray(w.reshape(self.n, padded)[:, :self.k], dtype=np.float32)
 
     def stored_bytes(self) -> int:
+        """Bytes the weight takes as stored: codes or values plus scales, zeros and minimums."""
         if self.kind in ("fp32", "fp16", "fp8"):
             return self.data.nbytes
         total = self.n * self.k * self.bits // 8 + self.scale.nbytes
@@ -92,14 +97,6 @@ class StoredWeight:
         if self.minimum is not None:
             total += self.minimum.nbytes
         return total
-
-    def format_name(self) -> str:
-        if self.kind != "int":
-            return self.kind
-        offset = "min" if self.minimum is not None else ("asym" if self.zero is not None else "sym")
-        group = "ch" if self.block >= self.k else f"g{self.block}"
-        return f"int{self.bits}-{group}-{offset}-s{self.scale.storage}"
-
 
 def read_weight(value: ir.Value, role: str, side_codes: dict[str, SideCodes]) -> StoredWeight:
     """The weight behind `value`: a MatMul's B operand (role "matmul", stored [K, N] or read

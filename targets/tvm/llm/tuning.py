@@ -46,7 +46,7 @@ def select_kernels(kernels: dict[str, tuple], blob: np.ndarray, target, budget: 
     from edgefold.targets.tvm.candidate_builder import make_builder
     from edgefold.targets.tvm.kernels.gemv import OFFSET_SLOTS, build_gemv
     from edgefold.targets.tvm.kernels.tunable import unscheduled_gemv
-    from edgefold.targets.tvm.tuning import Measurement, _quiet_metaschedule
+    from edgefold.targets.tvm.tuning import Measurement, quiet_metaschedule
 
     per_kernel = max(1, budget // max(1, len(kernels)))
     path = Path(database.folder) / SELECTION_FILE
@@ -74,7 +74,7 @@ def select_kernels(kernels: dict[str, tuple], blob: np.ndarray, target, budget: 
         template_ms = _time_kernel(tvm.compile(tvm.IRModule({name: template}), target=target)[name], args)
         twin = unscheduled_gemv(spec, frozen={**slots, "blob_size": blob.size})
         workdir.mkdir(parents=True, exist_ok=True)
-        _quiet_metaschedule()
+        quiet_metaschedule()
         with native_calls():
             db = ms.tune_tir(tvm.IRModule({"main": twin}), target, str(workdir), max_trials_global=per_kernel,
                              num_trials_per_iter=min(per_kernel, 16), builder=make_builder(None, workdir),
