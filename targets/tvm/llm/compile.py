@@ -110,7 +110,7 @@ def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache,
         build_module(plan, 1, collect=kernels)
         with progress.step(f"tune {len(kernels)} decode kernels ({budget} trials; template vs MetaSchedule)"):
             replacements, selection = select_kernels(kernels, blob, target, budget, database)
-    entries = []
+    entries, timings = [], {}
     for tokens in sorted(set(seqs)):
         label = "decode" if tokens == 1 else f"prefill{tokens}"
         with progress.step(f"build {label} for {device.name} ({kind}, {isa.name})"), native_calls():
@@ -137,9 +137,9 @@ def _build(spec, checked, isa, model_path, device, target, kind, seqs, kv_cache,
             "spec_check": {k: float(f"{v:.4g}") for k, v in checked.items()},
             "check_count": CHECK_STEPS if tokens == 1 else 4,
             "notes": library.notes + [f"{spec.name}: {len(spec.layers)} layers, {isa.describe()}"],
-            "build_seconds": seconds,
         })
-    return LlmResult(entries)
+        timings[label] = {"build_seconds": seconds}  # a timing: compile-report.json, never the manifest
+    return LlmResult(entries, timings)
 
 
 def _check(result: LlmResult, staging: Path, meta: dict, references, kv_cache: int) -> None:
