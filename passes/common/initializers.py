@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -55,3 +57,20 @@ def forget_shape(value: ir.Value | None) -> None:
     """Drop a stale inferred shape so shape inference recomputes it."""
     if value is not None and not value.is_graph_output():
         value.shape = None
+
+
+def forget_shapes_downstream(start: Iterable[ir.Value], follow: Callable[[Any], bool]) -> None:
+    """Forget the inferred shapes of `start` and of every value computed from them, walking on
+    through the readers `follow` admits; `follow` sees each use (`.node`, `.idx`) and may also edit
+    that reader."""
+    seen: set[int] = set()
+    stack = list(start)
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        forget_shape(value)
+        for use in list(value.uses()):
+            if follow(use):
+                stack.extend(use.node.outputs)

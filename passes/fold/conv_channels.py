@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from edgefold.passes.common.initializers import array, forget_shape, node_by_name, replace_initializer
+from edgefold.passes.common.initializers import (array, forget_shape, forget_shapes_downstream, node_by_name,
+                                                 replace_initializer)
 
 TIE_KINDS = {"residual-add", "elementwise", "depthwise"}
 
@@ -286,21 +287,14 @@ _WALK_STOP = {"Conv", "Gemm", "MatMul", "Concat"}
 def _fix_reshapes_and_shapes(model: ir.Model, nodes, cset: ChannelSet, k: int) -> None:
     """Forget stale shapes from the members to the readers, and give Reshapes there that
     spell out the old width (e.g. [-1, 1280] before a classifier) a new shape constant."""
-    seen: set[int] = set()
-    stack = [v for m in cset.members for v in nodes[m.conv].outputs]
-    while stack:
-        value = stack.pop()
-        if id(value) in seen:
-            continue
-        seen.add(id(value))
-        forget_shape(value)
-        for use in list(value.uses()):
-            reader = use.node
-            if reader.op_type in _WALK_STOP:
-                continue
-            if reader.op_type == "Reshape" and use.idx == 0:
-                _resize_shape_constant(model, reader, cset.width, k)
-            stack.extend(reader.outputs)
+    def follow(use) -> bool:
+        if use.node.op_type in _WALK_STOP:
+            return False
+        if use.node.op_type == "Reshape" and use.idx == 0:
+            _resize_shape_constant(model, use.node, cset.width, k)
+        return True
+
+    forget_shapes_downstream([v for m in cset.members for v in nodes[m.conv].outputs], follow)
 
 
 def _resize_shape_constant(model: ir.Model, reshape: ir.Node, old: int, new: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgefold.passes.common.initializers import array, forget_shape, node_by_name, replace_initializer
+from edgefold.passes.common.initializers import array, forget_shapes_downstream, node_by_name, replace_initializer
 
 
 def block_map(head_map: np.ndarray, size: int) -> np.ndarray:
@@ -225,13 +225,4 @@ def _forget_block_shapes(nodes, group) -> None:
         last = nodes[ref.bias_node] if ref.bias_node else nodes[ref.node]
         stack.extend(nodes[ref.node].outputs)
         stack.extend(last.outputs)
-    seen: set[int] = set()
-    while stack:
-        value = stack.pop()
-        if id(value) in seen:
-            continue
-        seen.add(id(value))
-        forget_shape(value)
-        for use in value.uses():
-            if use.node.name not in stop:
-                stack.extend(use.node.outputs)
+    forget_shapes_downstream(stack, lambda use: use.node.name not in stop)

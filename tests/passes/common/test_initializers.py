@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefold import onnx_io
-from edgefold.passes.common.initializers import array, forget_shape, node_by_name, replace_initializer
+from edgefold.passes.common.initializers import (array, forget_shape, forget_shapes_downstream, node_by_name,
+                                                 replace_initializer)
 
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 X = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
@@ -103,3 +104,29 @@ def test_forget_shape_keeps_graph_outputs():
     forget_shape(y1)
     assert tuple(y1.shape) == (2, 3)
     forget_shape(None)  # nothing to do, no error
+
+
+def test_forget_shapes_downstream_stops_where_follow_says():
+    """x -> Relu -> Neg -> Abs -> y, and x -> Sigmoid -> Identity -> s: the walk forgets every shape
+    it reaches except graph outputs, and none past a reader `follow` refuses."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Neg", ["r"], ["n"], name="neg"),
+             helper.make_node("Abs", ["n"], ["y"], name="abs"), helper.make_node("Sigmoid", ["x"], ["g"], name="sig"),
+             helper.make_node("Identity", ["g"], ["s"], name="id")]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in ("r", "n", "g")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 4])], value_info=vi)
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    by_name = node_by_name(model)
+    shape = {name: (lambda n=name: by_name[n].outputs[0].shape) for name in ("relu", "neg", "abs", "sig")}
+    seen = []
+
+    def follow(use):
+        seen.append(use.node.name)
+        return use.node.name != "sig"
+
+    forget_shapes_downstream(by_name["relu"].inputs, follow)  # from x
+    assert shape["relu"]() is None and shape["neg"]() is None
+    assert shape["abs"]() is not None  # a graph output keeps its shape
+    assert shape["sig"]() is not None  # past a refused reader nothing is forgotten
+    assert sorted(seen) == ["abs", "neg", "relu", "sig"]
