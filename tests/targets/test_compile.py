@@ -194,7 +194,8 @@ def test_missing_cross_compiler_names_the_package(digits_onnx, cache, tmp_path, 
 
 
 def test_bad_inputs_are_one_line_errors(digits_onnx, tmp_path, cli):
-    assert "fixed to 1" in cli("compile", digits_onnx, "--shape", "image=1x2x8x8", "--trials", "0").err
+    assert "fixed to 1" in cli("compile", digits_onnx, "--shape", "image=1x2x8x8", "--trials", "0",
+                               "-o", tmp_path / "out").err  # never the default dist/ in the working folder
     assert cli("compile", tmp_path / "missing.onnx").code == 2
     assert cli("run", tmp_path).code == 2
 
