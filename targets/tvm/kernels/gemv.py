@@ -26,6 +26,7 @@ import tvm
 from tvm.script import tirx as T
 
 from edgefold.targets.tvm.kernels import act
+from edgefold.targets.tvm.kernels.epilogue import store_row
 from edgefold.targets.tvm.kernels.isa import ACT_BLOCK, ROWS, Isa
 from edgefold.targets.tvm.kernels.packing import FloatFormat, IntFormat, padded_k
 from edgefold.targets.tvm.kernels.weight_element import block_offset, code_vector, side_value
@@ -242,33 +243,9 @@ def _int_gemv(spec: GemvSpec):
                             offset = block_offset(fmt, scale, Z, Mn, Ms, Mz, g, wb, T.ramp(j * L, 1, L), L)
                             accf[T.ramp(j * L, 1, L)] = accf[T.ramp(j * L, 1, L)] + blockf[T.ramp(j * L, 1, L)] * scale \
                                 + offset * T.broadcast(total[0], L)
-                    _store(accf, y, y_off, Bias, g, FULL, N, L, SUB, has_bias, accumulate)
+                    store_row(accf, 0, y, y_off, Bias, g, FULL, N, L, SUB, has_bias, accumulate)
 
     return gemv.with_attr("global_symbol", spec.name)
-
-
-@T.macro
-def _store(accf, y, y_off, Bias, g, full, n, lanes, sub, has_bias, accumulate):
-    """Write (or add) one group's 16 results; the last group stops at row n."""
-    if g < full:
-        for j in T.unroll(sub):
-            value = accf[T.ramp(j * lanes, 1, lanes)]
-            if has_bias:
-                value = value + Bias[T.ramp(g * ROWS + j * lanes, 1, lanes)]
-            if accumulate:
-                y[T.ramp(y_off + g * ROWS + j * lanes, 1, lanes)] = y[T.ramp(y_off + g * ROWS + j * lanes, 1, lanes)] + value
-            else:
-                y[T.ramp(y_off + g * ROWS + j * lanes, 1, lanes)] = value
-    else:
-        for r in range(ROWS):
-            if g * ROWS + r < n:
-                value = accf[r]
-                if has_bias:
-                    value = value + Bias[g * ROWS + r]
-                if accumulate:
-                    y[y_off + g * ROWS + r] = y[y_off + g * ROWS + r] + value
-                else:
-                    y[y_off + g * ROWS + r] = value
 
 
 # ---------------------------------------------------------------- fp32 activations x low-bit weights
@@ -355,7 +332,7 @@ def _int_gemv_fp32_act(spec: GemvSpec):
                             accf[T.ramp(j * L, 1, L)] = accf[T.ramp(j * L, 1, L)] + (
                                 even[T.ramp(j * L, 1, L)] + odd[T.ramp(j * L, 1, L)]) * scale \
                                 + offset * T.broadcast(total[0], L)
-                    _store(accf, y, y_off, Bias, g, FULL, N, L, SUB, has_bias, accumulate)
+                    store_row(accf, 0, y, y_off, Bias, g, FULL, N, L, SUB, has_bias, accumulate)
 
     return gemv.with_attr("global_symbol", spec.name)
 
@@ -421,6 +398,6 @@ def _float_gemv(spec: GemvSpec):
                                 W[g, K - 1, T.ramp(j * L, 1, L)]) * T.broadcast(v[0, K - 1], L)
                     for j in T.unroll(SUB):
                         accf[T.ramp(j * L, 1, L)] = accf[T.ramp(j * L, 1, L)] + odd[T.ramp(j * L, 1, L)]
-                    _store(accf, y, y_off, Bias, g, FULL, N, L, SUB, has_bias, accumulate)
+                    store_row(accf, 0, y, y_off, Bias, g, FULL, N, L, SUB, has_bias, accumulate)
 
     return gemv.with_attr("global_symbol", spec.name)
