@@ -10,6 +10,9 @@ pass default for FFNs):
   to the fp32 model, since Spearman alone is noisy on 50 documents).
 - EfficientNet-Lite0, conv/BN channels at 10/20/30%: top-1 agreement and KL vs fp32.
 - The digits CNN, conv channels at 10/20/30%: accuracy on the held-out digits.
+- Not data-free, opt-in: `fold anchor + repair=lsq` and `magnitude + repair=lsq` re-fit
+  every shrunk FFN's down projection (and a bias) by least squares on 32 Lee background
+  documents (FFN models only).
 
 Two comparisons, each with identical output shapes across its three methods:
 - automatic allocation (the pass default): the per-layer widths come from the data-free
@@ -56,7 +59,12 @@ METHODS = (("fold", {"method": "fold", "merge": "mean"}),
            ("magnitude uniform", {"method": "magnitude", "allocation": "uniform"}),
            ("random uniform", {"method": "random", "allocation": "uniform"}),
            ("fold anchor", {"method": "fold", "merge": "anchor"}),
-           ("fold anchor uniform", {"method": "fold", "merge": "anchor", "allocation": "uniform"}))
+           ("fold anchor uniform", {"method": "fold", "merge": "anchor", "allocation": "uniform"}),
+           # Opt-in, uses data (32 Lee background documents): the down projections re-fitted by least
+           # squares after the anchored fold / magnitude pruning. FFN models only (conv sets keep auto's repair).
+           ("fold anchor + repair=lsq", {"method": "fold", "merge": "anchor", "repair": "lsq"}),
+           ("magnitude + repair=lsq", {"method": "magnitude", "repair": "lsq"}))
+LSQ_STRUCTURES = {"ffn"}  # where repair=lsq re-fits something; elsewhere its rows would repeat the plain ones
 
 
 def run_variant(handle, options: dict, out: Path, tokens: int):
@@ -78,7 +86,8 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
     reference_embeddings = embeddings(handle.path) if metric == "lee_spearman" else None
 
     variants = [(method, ratio, {"ratio": ratio, "structures": [structure], **options})
-                for ratio in ratios for method, options in methods]
+                for ratio in ratios for method, options in methods
+                if options.get("repair") != "lsq" or structure in LSQ_STRUCTURES]
     if extras and name == "smollm2-135m":
         variants += [("fold attention (kv groups)", 0.34, {"ratio": 0.34, "structures": ["attention"]}),
                      ("magnitude attention (kv groups)", 0.34,
@@ -90,6 +99,9 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
         extra = {"metrics": metrics, f"{metric}_vs_fp32": metrics[metric] / base if base else None,
                  "kept": {group: keep for group, (_width, keep) in stats["groups"].items()},
                  "structures": options["structures"]}
+        if stats.get("lsq_error_ratio"):
+            extra["lsq_error_ratio_mean"] = round(sum(stats["lsq_error_ratio"].values()) / len(stats["lsq_error_ratio"]), 4)
+            extra["calibration_samples"] = stats["calibration_samples"]
         if reference_embeddings is not None:
             extra["embedding_cosine_vs_fp32"] = float((embeddings(path) * reference_embeddings).sum(axis=1).mean())
         rows.append(Row(name, method, setting, metric, metrics[metric], count, size, round(seconds, 2), extra))

@@ -18,6 +18,11 @@ fp32's: is the similarity ranking preserved?) and, per ratio, paired bootstrap i
 over the 50 documents for Lee Spearman differences (policy - magnitude, magnitude - fp32,
 calibrated uniform - magnitude).
 
+`+ repair=lsq` rows (opt-in, uses data: 32 Lee background documents) re-fit every sliced
+FFN's down projection and a new bias by least squares on the calibration activations
+(passes/common/lsq_repair.py), after the calibration-free policy ranking and after the
+calibrated one.
+
 At 20% SmolLM2 also runs the cross terms (policy uniform, baselines with the
 spectrum allocation, and the policy without its concentration prior, i.e. pure KS).
 
@@ -36,6 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
+
 from bench.common import Row, apply_pass, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
 from edgefold.evaluate.similarity import pair_fidelity, spearman_difference  # noqa: E402
 from edgefold import onnx_io  # noqa: E402
@@ -46,6 +53,8 @@ from edgefold.model_stats import file_bytes, parameter_count  # noqa: E402
 RATIOS = [0.1, 0.2, 0.3, 0.4]
 CALIBRATED = "activation (calibrated)"
 CALIBRATED_UNIFORM = "activation (calibrated) uniform"  # same allocation as the baselines: ranking against ranking
+POLICY_LSQ = "policy + repair=lsq"  # the calibration-free ranking, then the least-squares re-fit (uses data)
+CALIBRATED_LSQ = "activation (calibrated) + repair=lsq"
 DIFFERENCES = [("policy", "magnitude"), ("magnitude", "fp32"), (CALIBRATED_UNIFORM, "magnitude")]
 METRIC = {"smollm2-135m": "perplexity", "minilm-l6": "lee_spearman"}
 
@@ -73,7 +82,9 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
                      ("magnitude", f"{ratio:.0%}", {"ratio": ratio, "method": "magnitude", "allocation": "uniform"}),
                      ("random", f"{ratio:.0%}", {"ratio": ratio, "method": "random", "allocation": "uniform"}),
                      (CALIBRATED, f"{ratio:.0%}", {"ratio": ratio, "method": "activation"}),
-                     (CALIBRATED_UNIFORM, f"{ratio:.0%}", {"ratio": ratio, "method": "activation", "allocation": "uniform"})]
+                     (CALIBRATED_UNIFORM, f"{ratio:.0%}", {"ratio": ratio, "method": "activation", "allocation": "uniform"}),
+                     (POLICY_LSQ, f"{ratio:.0%}", {"ratio": ratio, "policy": str(policy_file), "repair": "lsq"}),
+                     (CALIBRATED_LSQ, f"{ratio:.0%}", {"ratio": ratio, "method": "activation", "repair": "lsq"})]
     if extras:
         variants += [
             ("policy uniform", "20%", {"ratio": 0.2, "policy": str(policy_file), "allocation": "uniform"}),
@@ -88,6 +99,10 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
         extra = {"channel_ratio": stats["channel_ratio"], "ffn_param_ratio": stats["ffn_param_ratio"],
                  "kept": [layer["kept"] for layer in stats["layers"]], "tokens": tokens if metric == "perplexity" else None,
                  f"{metric}_vs_fp32": metrics[metric] / base}
+        if "lsq_error_ratio" in str(stats["layers"]):
+            extra["lsq_error_ratio_mean"] = round(float(np.mean([layer["lsq_error_ratio"] for layer in stats["layers"]
+                                                                 if "lsq_error_ratio" in layer])), 4)
+            extra["calibration_samples"] = stats["calibration_samples"]
         if method.startswith("policy"):
             trained = graph_pass.policy_trained
             extra["policy"] = "trained" if trained else "reused"
@@ -138,11 +153,12 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
     for axis, (name, metric) in zip(axes, panels):
         base = next((r.value for r in rows if r.model == name and r.method == "fp32" and r.metric == metric), None)
-        for method in ("policy", "magnitude", "random", CALIBRATED):
+        for method in ("policy", "magnitude", "random", CALIBRATED, POLICY_LSQ, CALIBRATED_LSQ):
             points = sorted((float(r.setting.rstrip("%")), r.value) for r in rows
                             if r.model == name and r.method == method and r.metric == metric and r.setting.endswith("%"))
             if points:
-                axis.plot(*zip(*points), marker="o", label=method, linestyle="--" if method == CALIBRATED else "-")
+                axis.plot(*zip(*points), marker="o", label=method,
+                          linestyle="--" if method in (CALIBRATED, CALIBRATED_LSQ) else "-")
         if base is not None:
             axis.axhline(base, color="grey", linestyle="--", label="fp32")
         if metric == "perplexity":

@@ -37,11 +37,14 @@ class CalibrationRun:
 
     samples: int = 0  # documents/batches run (a corpus may hold fewer than asked)
     text_sha256: str | None = None  # of the user's documents that were run (calibration_text)
+    inputs_sha256: str | None = None  # of every model input fed, in order: what makes a rerun reproducible
 
     def stats(self) -> dict:
-        """The calibration's entries for a pass's stats: samples run, and the digest of the user's text if any."""
+        """The calibration's entries for a pass's stats: samples run, the digest of the model inputs fed,
+        and the digest of the user's text if any."""
         extra = {"calibration_text_sha256": self.text_sha256} if self.text_sha256 else {}
-        return {"calibration_samples": self.samples, **extra}
+        fed = {"calibration_inputs_sha256": self.inputs_sha256} if self.inputs_sha256 else {}
+        return {"calibration_samples": self.samples, **fed, **extra}
 
 
 def read_calibration_text(path: str | Path, who: str) -> list[str]:
@@ -143,9 +146,24 @@ def input_hessians(model_path: Path | None, names: list[str], samples: int, who:
     return {name: sums[name] / counts[name] for name in sums}, run
 
 
+def input_moments(model_path: Path | None, names: list[str], samples: int, who: str, fallback: str,
+                  text_file: str | Path | None = None) -> tuple[dict[str, np.ndarray], CalibrationRun]:
+    """E[[x, 1] [x, 1]^T] ((width + 1)-square, float64) over the calibration tokens of every float
+    tensor in `names` (channels on the last axis): second moments, means (last row) and 1 in one
+    matrix, what a least-squares re-fit with a bias reads (`lsq_repair`)."""
+    sums, counts, run = _accumulate(model_path, sorted(set(names)), samples, who, fallback, text_file=text_file,
+                                    statistic=_augmented_gram)
+    return {name: sums[name] / counts[name] for name in sums}, run
+
+
 def _gram(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, float]:
     flat = value.astype(np.float64).reshape(-1, value.shape[-1])
     return flat.T @ flat, flat.shape[0]
+
+
+def _augmented_gram(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, float]:
+    flat = value.astype(np.float64).reshape(-1, value.shape[-1])
+    return _gram(np.hstack([flat, np.ones((flat.shape[0], 1))]))
 
 
 def _accumulate(model_path: Path | None, wanted: list[str], samples: int, who: str, fallback: str,
@@ -159,13 +177,18 @@ def _accumulate(model_path: Path | None, wanted: list[str], samples: int, who: s
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, float] = {}
     run = CalibrationRun()
+    fed = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
         session = _session_with_outputs(model_path, wanted, Path(tmp))
         inputs = {i.name for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
         for feed in calibration_feeds(model_path, samples, who, fallback, text_file, run):
             run.samples += 1
-            values = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
+            feed = {k: v for k, v in feed.items() if k in inputs}
+            for key in sorted(feed):
+                fed.update(f"{key}:{feed[key].dtype}:{feed[key].shape};".encode())
+                fed.update(np.ascontiguousarray(feed[key]).tobytes())
+            values = session.run(outputs, feed)
             for name, value in zip(outputs, values):
                 if name not in wanted:
                     continue
@@ -176,6 +199,7 @@ def _accumulate(model_path: Path | None, wanted: list[str], samples: int, who: s
                     total = sums.get(name, 0) + total
                 sums[name] = total
                 counts[name] = counts.get(name, 0) + count
+    run.inputs_sha256 = fed.hexdigest()
     return sums, counts, run
 
 

@@ -9,7 +9,8 @@
 - `bn_repair.py`: data-free BatchNorm statistics repair after conv channels are folded.
 
 Shared with other passes (in `passes/common/`): the channel budget (`channel_allocation`),
-FFN importance (`ffn_importance`), FFN surgery (`ffn_channels`).
+FFN importance (`ffn_importance`), FFN surgery (`ffn_channels`); with `slice`: the
+least-squares consumer re-fit of `repair=lsq` (`lsq_repair`) and its calibration (`calibration`).
 """
 
 from edgefold.passes.fold.fold import FoldConfig, FoldPass

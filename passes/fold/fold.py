@@ -13,8 +13,10 @@ kept channel it is most similar to, through the consumer only (passes/fold/fold_
 cluster mean blurs the channel that mattered, and conv sets with BatchNorm, whose
 statistics say which channels carry signal; it uses means elsewhere.
 
-No data is read: the per-layer budget, the clustering and the repair (Fold-AR, or an
-analytic BatchNorm statistics re-estimate) all come from the weights.
+No data is read by default: the per-layer budget, the clustering and the repair (Fold-AR, or
+an analytic BatchNorm statistics re-estimate) all come from the weights. `repair=lsq` is the
+opt-in exception: it re-fits each shrunk FFN's down projection on calibration activations
+(passes/common/lsq_repair.py).
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ from edgefold.passes.fold.fold_math import (
     random_keep,
 )
 from edgefold.passes.fold.kmeans import canonical_labels, kmeans_labels, ward_labels, ward_tree
+from edgefold.passes.common.lsq_repair import repair_consumer
 from edgefold.passes.common.reporting import nothing_removed, warn_if_rounded
 from edgefold.passes.registry import register_pass
 
 Structure = Literal["ffn", "attention", "conv"]
+
+LSQ_DAMPING = 1.0  # see passes/common/lsq_repair.py and bench/fold.py's lsq rows
 
 # Per-layer caps of the auto allocation, measured: on SmolLM2 FFNs 0.45 against 0.75 gives
 # perplexity 31.8 vs 33.4 at 10% (anchored fold, 2048 tokens); on EfficientNet's conv sets
@@ -76,9 +81,16 @@ class FoldConfig(PassConfig):
         default_factory=lambda: ["ffn", "conv"], description="what to fold: ffn channels, attention kv groups, conv/BN channels")
     method: Literal["fold", "magnitude", "random"] = pydantic.Field(
         "fold", description="fold: merge channels (Model Folding); magnitude/random: prune baselines on the same widths")
-    repair: Literal["auto", "none", "fold-ar", "bn-stats"] = pydantic.Field(
-        "auto", description="variance repair after merging: fold-ar (data-free rescale), bn-stats (BatchNorm statistics), "
-                            "auto picks per structure")
+    repair: Literal["auto", "none", "fold-ar", "bn-stats", "lsq"] = pydantic.Field(
+        "auto", description="repair after merging: fold-ar (data-free rescale), bn-stats (BatchNorm statistics), "
+                            "auto picks per structure; lsq (uses data): re-fit each FFN's down projection and a bias "
+                            "in closed form on calibration activations (attention and conv sets get auto's choice)")
+    repair_damping: float = pydantic.Field(
+        LSQ_DAMPING, ge=0.0, description="repair=lsq: pull toward the data-free fold, relative to the mean activation "
+                                         "energy (0: a free least-squares fit)")
+    calibration_samples: int = pydantic.Field(32, ge=1, description="repair=lsq: calibration documents/batches run")
+    calibration_text: str | None = pydantic.Field(
+        None, description="repair=lsq reads this UTF-8 file (one document per line) instead of the Lee background corpus")
     seed: int | None = pydantic.Field(None, description="overrides the build seed (k-means init, random baseline)")
     channel_multiple: int | None = pydantic.Field(
         None, ge=1, description="kept widths are multiples of this (default: the profile's, else 1)")
@@ -107,7 +119,20 @@ class FoldConfig(PassConfig):
     def _anchor_without_fold_ar(self):
         if self.merge == "anchor" and self.repair == "fold-ar":
             raise ValueError("repair=fold-ar corrects cluster means; it does not apply to merge=anchor")
+        if self.repair == "lsq" and self.merge == "mean" and "ffn" in self.structures and self.method == "fold":
+            raise ValueError("repair=lsq re-fits the down projection on the channels that stay; merge=mean replaces "
+                             "them with cluster means: use merge=anchor (or auto)")
+        if self.calibration_text is not None:
+            if self.repair != "lsq":
+                raise ValueError("calibration_text is read only by repair=lsq")
+            from edgefold.passes.common.calibration import require_calibration_text
+
+            require_calibration_text(self.calibration_text)
         return self
+
+    def input_files(self) -> list[str]:
+        """The calibration text, when one is given."""
+        return [self.calibration_text] if self.calibration_text is not None else []
 
     @pydantic.field_validator("structures")
     @classmethod
@@ -124,6 +149,7 @@ class FfnSource:
     group: Any  # analysis FfnGroup
     rows: list[np.ndarray]  # per producer, as stored (with a bias column)
     scaled_rows: np.ndarray  # all producers side by side, the input norm's gain folded in
+    consumer_columns: np.ndarray  # the down projection before folding, [intermediate, out]
 
 
 @dataclass(frozen=True)
@@ -220,14 +246,51 @@ class FoldPass(GraphPass):
         rng = np.random.default_rng(seed)
         stats: dict[str, Any] = {"method": cfg.method, "allocation": cfg.allocation, "seed": seed,
                                  "channel_multiple": multiple, "groups": {}}
+        self._moments = self._measure_for_lsq(model, plans, context, stats)
         for plan in progress.track(plans, "fold: merging"):
             stats["groups"][plan.name] = [plan.width, plan.keep]
             if plan.keep >= plan.width:
                 continue
             keep_or_labels = self._assign(plan, rng, seed)
             self._apply(model, analysis, plan, keep_or_labels)
+            if plan.name in self._moments:
+                stats["lsq_error_ratio"][plan.name] = self._repair_lsq(model, plan, keep_or_labels)
         self._report(plans, stats, multiple)
         return PassOutcome(model, stats)
+
+    def _measure_for_lsq(self, model: ir.Model, plans: list[_Plan], context: PassContext,
+                         stats: dict[str, Any]) -> dict[str, np.ndarray]:
+        """repair=lsq: E[[h, 1][h, 1]^T] of the intermediate of every FFN that will shrink, from
+        one calibration run of the pass's input model, by plan name; the calibration goes in stats."""
+        cfg = self.config
+        targets = [p for p in plans if p.structure == "ffn" and p.keep < p.width]
+        if cfg.repair != "lsq":
+            return {}
+        stats.update(repair="lsq", repair_damping=cfg.repair_damping, lsq_error_ratio={})
+        if not targets:
+            return {}
+        from edgefold.passes.common.calibration import input_moments
+        from edgefold.passes.common.initializers import node_by_name
+
+        nodes = node_by_name(model)
+        names = {p.name: nodes[p.source.group.consumer.node].inputs[0].name for p in targets}
+        with progress.step(f"fold: measuring {len(names)} FFN intermediates for repair=lsq"):
+            measured, run = input_moments(context.model_path, list(names.values()), cfg.calibration_samples, "fold",
+                                          "use another repair (calibration-free)", text_file=cfg.calibration_text)
+        stats.update(run.stats())
+        return {plan: measured[name] for plan, name in names.items()}
+
+    def _repair_lsq(self, model: ir.Model, plan: _Plan, assignment: Kept | Clustered | Anchored) -> float:
+        """Re-fit the FFN's down projection on the channels that stayed (in the new weight's row order)."""
+        if isinstance(assignment, Anchored):
+            kept = assignment.anchors
+        elif isinstance(assignment, Kept):
+            kept = np.sort(assignment.channels)
+        else:  # the config validator refuses merge=mean with lsq; auto anchors FFNs
+            raise EdgefoldError(f"fold: repair=lsq cannot re-fit {plan.name}: its channels were replaced by means")
+        original = np.asarray(plan.source.consumer_columns)
+        return repair_consumer(model, plan.source.group.consumer, original, kept, self._moments[plan.name],
+                               self.config.repair_damping)
 
     def _report(self, plans: list[_Plan], stats: dict[str, Any], multiple: int) -> None:
         """Channels removed, and the parameter ratio achieved per structure against `ratio`."""
@@ -282,7 +345,7 @@ class FoldPass(GraphPass):
                      scores=score_channels("norm-product", matrices),
                      sensitivity_score=ffn_fold.sensitivity_score(model, group, rows),
                      importance=np.exp(standardise(score_channels("concentration", matrices))),
-                     source=FfnSource(group, rows, np.concatenate(scaled, axis=1)))
+                     source=FfnSource(group, rows, np.concatenate(scaled, axis=1), columns))
 
     def _attention_plan(self, model: ir.Model, group) -> _Plan | None:
         unit = "q" if self.config.attention_unit == "query-head" and group.num_heads > group.num_kv_heads else "kv"
@@ -452,6 +515,8 @@ class FoldPass(GraphPass):
         repair = self.config.repair
         if self.config.method != "fold":
             return "none"
+        if repair == "lsq":  # FFNs are re-fitted after the surgery (_repair_lsq); the rest as auto
+            repair = "auto"
         if repair == "auto":
             if isinstance(plan.source, ConvSource) and plan.source.has_batchnorm:
                 return "bn-stats"

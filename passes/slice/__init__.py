@@ -6,7 +6,8 @@
 
 Shared with `fold` (in `passes/common/`): the channel budget (`channel_allocation`), FFN
 importance (`ffn_importance`), FFN surgery (`ffn_channels`) and the norm-scale fold
-(`norm_scale`); with `quantize`: calibration samples (`calibration`).
+(`norm_scale`), the least-squares re-fit of `repair=lsq` (`lsq_repair`); with `quantize`:
+calibration samples (`calibration`).
 """
 
 from edgefold.passes.slice.slice import SliceConfig, SlicePass

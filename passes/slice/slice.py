@@ -53,6 +53,7 @@ from edgefold.passes.common.ffn_channels import remap_ffn, selection_maps
 from edgefold.passes.common.channel_allocation import feasible_cap
 from edgefold.passes.common.ffn_importance import FfnMatrices, score_channels, standardise
 from edgefold.passes.common.initializers import array, node_by_name
+from edgefold.passes.common.lsq_repair import repair_consumer
 from edgefold.passes.common.norm_scale import input_norm_scale
 from edgefold.passes.common.reporting import nothing_removed, warn_if_rounded
 from edgefold.passes.registry import register_pass
@@ -68,6 +69,7 @@ from edgefold.passes.slice.prune_policy import (
 )
 
 PROBE_RATIO = 0.4
+LSQ_DAMPING = 1.0
 
 
 class SliceConfig(PassConfig):
@@ -96,16 +98,23 @@ class SliceConfig(PassConfig):
     sharpness: float = pydantic.Field(8.0, ge=0.0, description="layer share ~ KS^-sharpness under `spectrum` allocation")
     max_layer_ratio: float = pydantic.Field(
         0.45, gt=0.0, lt=1.0, description="cap on one layer's ratio under `spectrum` (raised to ratio + 0.05 when lower)")
-    calibration_samples: int = pydantic.Field(32, ge=1, description="documents run for method=activation")
+    repair: Literal["none", "lsq"] = pydantic.Field(
+        "none", description="lsq: re-fit each sliced FFN's down projection (and a new bias) in closed form on "
+                            "calibration activations (uses data); none: keep the remaining weights as they are")
+    repair_damping: float = pydantic.Field(
+        LSQ_DAMPING, ge=0.0, description="repair=lsq: pull toward the unrepaired weights, relative to the mean "
+                                         "activation energy (0: a free least-squares fit)")
+    calibration_samples: int = pydantic.Field(32, ge=1, description="documents run for method=activation and repair=lsq")
     calibration_text: str | None = pydantic.Field(
-        None, description="method=activation reads this UTF-8 file (one document per line) instead of the Lee background corpus")
+        None, description="method=activation and repair=lsq read this UTF-8 file (one document per line) instead of "
+                          "the Lee background corpus")
     seed: int | None = pydantic.Field(None, description="overrides the build seed")
 
     @pydantic.model_validator(mode="after")
     def _calibration_text_needs_activation(self):
         if self.calibration_text is not None:
-            if self.method != "activation":
-                raise ValueError("calibration_text is read only by method=activation")
+            if self.method != "activation" and self.repair != "lsq":
+                raise ValueError("calibration_text is read only by method=activation or repair=lsq")
             from edgefold.passes.common.calibration import require_calibration_text
 
             require_calibration_text(self.calibration_text)
@@ -213,6 +222,24 @@ def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples
     names = [intermediate_name(v, nodes) for v in views]
     measured, run = channel_mean_squares(model_path, names, samples, "slice",
                                           "use method=policy (calibration-free)", axis=-1, text_file=text_file)
+    return energy_scores(views, names, measured), run.stats()
+
+
+def intermediate_moments(model: ir.Model, views: list[FfnView], model_path, samples: int,
+                         text_file: str | None = None) -> tuple[list[np.ndarray], dict]:
+    """E[[h, 1][h, 1]^T] of every FFN's intermediate h (what `repair=lsq` re-fits against), and the
+    calibration's stats."""
+    from edgefold.passes.common.calibration import input_moments
+
+    nodes = node_by_name(model)
+    names = [intermediate_name(v, nodes) for v in views]
+    measured, run = input_moments(model_path, names, samples, "slice", "use repair=none (calibration-free)",
+                                  text_file=text_file)
+    return [measured[name] for name in names], run.stats()
+
+
+def energy_scores(views: list[FfnView], names: list[str], measured: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The activation ranking from measured mean squares per channel of each FFN's intermediate."""
     scores = []
     for view, name in zip(views, names):
         energy = measured.get(name)
@@ -220,7 +247,7 @@ def activation_scores(model: ir.Model, views: list[FfnView], model_path, samples
             raise EdgefoldError(f"slice: measured {name} has shape {getattr(energy, 'shape', None)}, "
                                 f"expected ({view.channels},)")
         scores.append(np.sqrt(energy) * np.linalg.norm(view.down.astype(np.float64), axis=1))
-    return scores, run.stats()
+    return scores
 
 
 # --- allocation ----------------------------------------------------------------------------
@@ -299,7 +326,17 @@ class SlicePass(GraphPass):
         multiple = config.channel_multiple or getattr(context.profile, "channel_multiple", None) or 8
         start = time.perf_counter()
         views = ffn_views(model, groups)
-        if config.method == "activation":
+        moments, calibration_stats = None, {}
+        if config.repair == "lsq":  # one calibration run serves the repair and the activation ranking
+            with progress.step(f"slice: measuring {len(views)} FFN intermediates for repair=lsq"):
+                moments, calibration_stats = intermediate_moments(model, views, context.model_path,
+                                                                  config.calibration_samples, config.calibration_text)
+        if config.method == "activation" and moments is not None:
+            nodes = node_by_name(model)
+            names = [intermediate_name(v, nodes) for v in views]
+            scores = energy_scores(views, names, {n: np.diag(m)[:-1] for n, m in zip(names, moments)})
+            policy_stats = {}
+        elif config.method == "activation":
             scores, policy_stats = activation_scores(model, views, context.model_path, config.calibration_samples,
                                                      config.calibration_text)
         else:
@@ -320,6 +357,9 @@ class SlicePass(GraphPass):
                 distances.append(0.0)
             layers.append({"ffn": view.group.name, "width": width, "kept": int(keep_count),
                            "ks": round(distances[-1], 6)})
+            if moments is not None and keep_count < width:
+                layers[-1]["lsq_error_ratio"] = repair_consumer(model, view.group.consumer, view.down, np.sort(keep),
+                                                                moments[view.index], config.repair_damping)
         self.timings["slice_s"] = round(time.perf_counter() - start, 3)
         before = sum(v.channels for v in views)
         after = sum(int(k) for k in kept)
@@ -338,6 +378,8 @@ class SlicePass(GraphPass):
             "layers": layers,
             **policy_stats,
         }
+        if config.repair == "lsq":
+            stats.update(repair="lsq", repair_damping=config.repair_damping, **calibration_stats)
         self._report(stats, views, config, multiple, explicit)
         return PassOutcome(model, stats)
 

@@ -21,6 +21,35 @@ def _quantized(source, folder, spec):
     return folder / "model.onnx"
 
 
+def _sliced_and_repaired(source, folder):
+    """slice (magnitude, 25%) then the repair=lsq surgery on every FFN: narrower down projections
+    and a bias Add after each, the graph shape `repair=lsq` writes. The tiny model has no
+    tokenizer to calibrate on, so the moments come from seeded random activations."""
+    from edgefold import onnx_io
+    from edgefold.analysis import analyse
+    from edgefold.passes.base import PassContext
+    from edgefold.passes.common.initializers import array
+    from edgefold.passes.common.lsq_repair import repair_consumer
+    from edgefold.passes.registry import create_pass
+
+    original = onnx_io.load(source)
+    before = {g.name: np.moveaxis(array(original, g.consumer.weight), g.consumer.in_axis, 0) for g in analyse(original).ffns}
+    model = onnx_io.load(source)
+    outcome = create_pass("slice", {"ratio": 0.25, "method": "magnitude", "allocation": "uniform"}).run(
+        model, PassContext(analysis=analyse(model), seed=0))
+    rng = np.random.default_rng(0)
+    for group, layer in zip(analyse(model).ffns, outcome.stats["layers"]):
+        weight = before[layer["ffn"]]
+        kept = np.flatnonzero([np.any(np.all(np.isclose(row, np.moveaxis(array(model, group.consumer.weight),
+                                                                           group.consumer.in_axis, 0)), axis=1))
+                               for row in weight])
+        h = np.hstack([rng.normal(size=(256, weight.shape[0])) + 0.3, np.ones((256, 1))])
+        repair_consumer(model, group.consumer, weight, kept, h.T @ h / len(h), 0.1)
+    path = onnx_io.save(model, folder / "model.onnx")
+    assert sum(node.op_type == "Add" and node.name.endswith("lsq_bias_add") for node in onnx_io.load(path).graph) == 2
+    return path
+
+
 TOKENS = [5, 17, 99, 3, 64, 21, 7, 120, 1, 42]
 
 
@@ -43,7 +72,7 @@ def _onnxruntime_steps(model_path, workdir, slots):
     return session, logits
 
 
-@pytest.mark.parametrize("weights", ["fp32", "int4-min-u8", "int8"])
+@pytest.mark.parametrize("weights", ["fp32", "int4-min-u8", "int8", "sliced-lsq"])
 def test_small_llama_decode_and_prefill_match_onnxruntime(tiny_llama, tmp_path, weights):
     from tvm import relax
 
@@ -54,7 +83,8 @@ def test_small_llama_decode_and_prefill_match_onnxruntime(tiny_llama, tmp_path, 
 
     model = {"fp32": lambda: tiny_llama,
              "int4-min-u8": lambda: _quantized(tiny_llama, tmp_path / "q", "quantize:format=int4-g32-min-s8"),
-             "int8": lambda: _quantized(tiny_llama, tmp_path / "q", "quantize:format=int8")}[weights]()
+             "int8": lambda: _quantized(tiny_llama, tmp_path / "q", "quantize:format=int8"),
+             "sliced-lsq": lambda: _sliced_and_repaired(tiny_llama, tmp_path)}[weights]()
     slots = 32
     session, want = _onnxruntime_steps(model, tmp_path / "ref", slots)
     spec = extract_decoder(model)

@@ -19,7 +19,7 @@ from edgefold.datasets import digits_split
 from edgefold.errors import EdgefoldError
 from edgefold.models.metadata import TASK_KEY, TOKENIZER_KEY
 from edgefold.passes.common.calibration import (TEXT_TOKENS, CalibrationRun, calibration_feeds, channel_mean_squares,
-                                                input_hessians, measure_energy, read_calibration_text,
+                                                input_hessians, input_moments, measure_energy, read_calibration_text,
                                                 require_calibration_text)
 from edgefold.passes.quantize.quantize import find_sites
 
@@ -113,6 +113,8 @@ def test_calibration_run_stats():
     assert CalibrationRun(samples=3).stats() == {"calibration_samples": 3}
     assert CalibrationRun(samples=2, text_sha256="ab").stats() == {"calibration_samples": 2,
                                                                    "calibration_text_sha256": "ab"}
+    assert CalibrationRun(samples=2, inputs_sha256="cd").stats() == {"calibration_samples": 2,
+                                                                     "calibration_inputs_sha256": "cd"}
 
 
 # --- feeds -------------------------------------------------------------------------------------
@@ -199,6 +201,23 @@ def test_input_hessians_match_numpy(digits_model):
     assert hessians["f"].shape == (192, 192) and hessians["f"].dtype == np.float64
     np.testing.assert_allclose(hessians["f"], gram / count, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(hessians["f"], hessians["f"].T)
+
+
+def test_input_moments_match_numpy_and_the_inputs_are_hashed(digits_model):
+    path, params = digits_model
+    moments, run = input_moments(path, ["f"], 2, "fold", "")
+    rows = []
+    for feed in calibration_feeds(path, 2, "fold", ""):
+        _, f = _numpy_activations(params, feed)
+        rows.append(np.hstack([f, np.ones((len(f), 1))]))
+    rows = np.vstack(rows)
+    assert moments["f"].shape == (193, 193)
+    np.testing.assert_allclose(moments["f"], rows.T @ rows / len(rows), rtol=1e-5, atol=1e-9)
+    assert moments["f"][-1, -1] == 1.0  # E[1 * 1]
+    # What was fed is hashed, so a manifest says which calibration made a build.
+    assert len(run.inputs_sha256) == 64
+    assert input_moments(path, ["f"], 2, "fold", "")[1].inputs_sha256 == run.inputs_sha256
+    assert input_moments(path, ["f"], 3, "fold", "")[1].inputs_sha256 != run.inputs_sha256
 
 
 def test_measure_energy_for_quantize_readers(digits_model, text_model, tmp_path):

@@ -308,3 +308,43 @@ def _fold_real(handle, tmp_path, **options):
     inputs, reference = handle.reference_io()
     name = next(iter(reference))
     return path, onnx_io.run(onnx_io.session(path), inputs)[name], reference[name], outcome.stats
+
+
+def _fold_with_path(handle, tmp_path, tag, **options):
+    """Like _fold_real, with the model file in the context (repair=lsq calibrates on it)."""
+    model = onnx_io.load(handle.path)
+    outcome = create_pass("fold", options).run(model, PassContext(analysis=analyse(model), seed=0,
+                                                                  model_path=handle.path))
+    path = onnx_io.save(outcome.model, tmp_path / tag / "model.onnx")
+    onnx_io.check(path)
+    inputs, reference = handle.reference_io()
+    name = next(iter(reference))
+    return path, onnx_io.run(onnx_io.session(path), inputs)[name], reference[name], outcome.stats
+
+
+def test_lsq_repair_refits_minilm_ffns_and_is_exact_at_zero(minilm_handle, tmp_path):
+    def cosine(got, ref):
+        got, ref = got.reshape(len(ref), -1), ref.reshape(len(ref), -1)
+        return float(np.mean((got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)))
+
+    _, got, reference, stats = _fold_with_path(minilm_handle, tmp_path, "zero", ratio=0.0, structures=["ffn"],
+                                               repair="lsq", calibration_samples=2)
+    np.testing.assert_array_equal(got, reference)
+    assert stats["repair"] == "lsq" and stats["lsq_error_ratio"] == {}
+    options = {"ratio": 0.3, "structures": ["ffn"], "allocation": "uniform"}
+    _, plain, _, _ = _fold_with_path(minilm_handle, tmp_path, "plain", **options)
+    path, repaired, _, stats = _fold_with_path(minilm_handle, tmp_path, "lsq", repair="lsq", calibration_samples=4,
+                                               **options)
+    assert cosine(repaired, reference) > cosine(plain, reference) + 0.01
+    assert len(stats["lsq_error_ratio"]) == 6 and all(0 < r < 1 for r in stats["lsq_error_ratio"].values())
+    assert stats["calibration_samples"] == 4 and len(stats["calibration_inputs_sha256"]) == 64
+    # The pruning baseline's kept channels (a selection, sorted) are re-fitted the same way.
+    _, pruned, _, _ = _fold_with_path(minilm_handle, tmp_path, "mag", method="magnitude", **options)
+    _, pruned_lsq, _, stats = _fold_with_path(minilm_handle, tmp_path, "mag-lsq", method="magnitude", repair="lsq",
+                                              calibration_samples=4, **options)
+    assert cosine(pruned_lsq, reference) > cosine(pruned, reference) + 0.01
+    assert all(0 < r < 1 for r in stats["lsq_error_ratio"].values())
+    with pytest.raises(EdgefoldError, match="repair=lsq re-fits.*merge=anchor"):
+        create_pass("fold", {"repair": "lsq", "merge": "mean"})
+    with pytest.raises(EdgefoldError, match="calibration_text is read only by repair=lsq"):
+        create_pass("fold", {"calibration_text": str(tmp_path)})

@@ -283,5 +283,45 @@ def test_activation_reads_the_users_calibration_text(minilm_handle, gated, tmp_p
                                   (gated, text, "slice: calibration_text needs a text model")]:
         with pytest.raises(EdgefoldError, match=message):
             _slice(source, {**options, "calibration_text": str(file)}, tmp_path / "bad")
-    with pytest.raises(EdgefoldError, match="calibration_text is read only by method=activation"):
+    with pytest.raises(EdgefoldError, match="calibration_text is read only by method=activation or repair=lsq"):
         create_pass("slice", {"ratio": 0.3, "calibration_text": str(text)})
+
+
+def test_lsq_repair_with_nothing_removed_is_exact(minilm_handle, tmp_path):
+    inputs, reference = minilm_handle.reference_io()
+    path, stats, _ = _slice(minilm_handle, {"ratio": 0.0, "method": "magnitude", "repair": "lsq",
+                                            "calibration_samples": 2}, tmp_path / "zero")
+    name = next(iter(reference))
+    np.testing.assert_array_equal(onnx_io.run(onnx_io.session(path), inputs)[name], reference[name])
+    assert stats["repair"] == "lsq" and stats["calibration_samples"] == 2
+    assert all("lsq_error_ratio" not in layer for layer in stats["layers"])
+
+
+def test_lsq_repair_brings_minilm_closer_and_records_its_calibration(minilm_handle, gated, tmp_path):
+    # Same channels removed (magnitude ranking, uniform widths); the repair re-fits every
+    # down projection on 4 Lee background documents and must keep the encoder closer to fp32
+    # on the test inputs than plain slicing, and lower every layer's calibration error.
+    inputs, reference = minilm_handle.reference_io()
+    name = next(iter(reference))
+
+    def cosine(path):
+        got = onnx_io.run(onnx_io.session(path), inputs)[name].reshape(len(reference[name]), -1)
+        ref = reference[name].reshape(len(got), -1)
+        return float(np.mean((got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)))
+
+    options = {"ratio": 0.4, "method": "magnitude", "allocation": "uniform"}
+    plain, _, _ = _slice(minilm_handle, options, tmp_path / "plain")
+    repaired, stats, _ = _slice(minilm_handle, {**options, "repair": "lsq", "calibration_samples": 4},
+                                tmp_path / "lsq")
+    onnx_io.check(repaired)
+    assert cosine(repaired) > cosine(plain) + 0.01
+    ratios = [layer["lsq_error_ratio"] for layer in stats["layers"]]
+    assert len(ratios) == 6 and all(0 < r < 1 for r in ratios)
+    assert stats["calibration_samples"] == 4 and len(stats["calibration_inputs_sha256"]) == 64
+    # The bias went into the existing fc2 biases: the graph has the same nodes, narrower.
+    assert [n.op_type for n in onnx_io.load(repaired).graph] == [n.op_type for n in onnx_io.load(plain).graph]
+    again, again_stats, _ = _slice(minilm_handle, {**options, "repair": "lsq", "calibration_samples": 4},
+                                   tmp_path / "again")
+    assert _sha(again) == _sha(repaired) and again_stats == stats  # reproducible to the byte
+    with pytest.raises(EdgefoldError, match="slice: calibration needs a model with a known task.*repair=none"):
+        _slice(gated, {**options, "repair": "lsq"}, tmp_path / "bad")
