@@ -5,7 +5,12 @@ MiniLM Lee-pairs Spearman, EfficientNet-Lite0 top-1 agreement with the fp32 mode
 file size, the stored bits per weight, the pass time, and one forward pass timed in
 onnxruntime (2 threads). onnxruntime's alternatives are `quantize_dynamic` (int8 weights,
 activations quantized at run time) and `MatMulNBitsQuantizer` (4-bit RTN, asymmetric,
-block 32 and 128; it leaves Gather tables, so SmolLM2's tied embedding stays fp32).
+block 32 and 128; HQQ block 128, data-free; GPTQ symmetric block 128 with act_order on the
+same 32 Lee background documents edgefold's calibrated settings read). It leaves Gather
+tables, so SmolLM2's tied embedding stays fp32 in those rows. Not onnxruntime but in the same
+table: NNCF's `compress_weights` (INT4_ASYM, group 128, ratio 1.0; data-free, and with AWQ +
+scale estimation on the same 32 documents), run in .venv-bench (bench/anchors/run_nncf.py);
+NNCF keeps the embedding and the last layer in int8 by default.
 
 onnxruntime rewrites DequantizeLinear(constant int8/int4 weight) -> MatMul into its own
 MatMulNBits at optimisation level >= extended, and runs that with int8 activations
@@ -16,6 +21,7 @@ to 1 (fp32 activations, what the graph says): metric name suffix `_fp32_act`.
 
     flock-free: the script takes the machine lock itself.
     .venv/bin/python bench/quantize.py [--quick]   (--quick: 1,024 tokens, no ORT baselines)
+    .venv/bin/python bench/quantize.py --models smollm2-135m minilm-l6 --baselines hqq128,gptq128,nncf-data-free,nncf-awq-se
 """
 
 from __future__ import annotations
@@ -90,8 +96,8 @@ CONFIGS: dict[str, list[tuple[str, dict | None]]] = {
     ],
 }
 ORT_BASELINES = {
-    "smollm2-135m": ["dynamic", "nbits32", "nbits128"],
-    "minilm-l6": ["dynamic", "nbits32", "nbits128"],
+    "smollm2-135m": ["dynamic", "nbits32", "nbits128", "hqq128", "gptq128", "nncf-data-free", "nncf-awq-se"],
+    "minilm-l6": ["dynamic", "nbits32", "nbits128", "hqq128", "gptq128", "nncf-data-free", "nncf-awq-se"],
     "efficientnet-lite0": ["dynamic"],
 }
 
@@ -190,13 +196,72 @@ def run_onnxruntime(handle, which: str, out_dir: Path) -> tuple[Path, str, float
     if which == "dynamic":
         quantize_dynamic(str(handle.path), str(path), weight_type=QuantType.QInt8, use_external_data_format=True)
         setting = "quantize_dynamic int8 (per tensor, activations int8 at run time)"
-    else:
+    elif which.startswith("nbits"):
         block = int(which.removeprefix("nbits"))
         quantizer = MatMulNBitsQuantizer(onnx.load(str(handle.path)), block_size=block, is_symmetric=False)
         quantizer.process()
         quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
         setting = f"MatMulNBits 4-bit RTN asym block {block} (MatMul only)"
+    elif which == "hqq128":
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(handle.path)), block_size=128, is_symmetric=False,
+                                         algo_config=HQQWeightOnlyQuantConfig(block_size=128, bits=4))
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+        setting = "MatMulNBits 4-bit HQQ block 128 (MatMul only, data-free)"
+    elif which == "gptq128":
+        from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig
+
+        config = GPTQWeightOnlyQuantConfig(calibration_data_reader=_lee_feeds(handle.path), block_size=128,
+                                           actorder=True)
+        # The weights in memory: given a path, its GPTQ serialises the graph without them and then
+        # looks for the external data file beside the working folder. Symmetric: its asymmetric
+        # packing of zero points fails when K / 128 is odd (MiniLM's 384, SmolLM2's 576:
+        # "cannot reshape array of size 576 into shape (384,newaxis)" in onnxruntime 1.32).
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(handle.path)), block_size=128, is_symmetric=True,
+                                         algo_config=config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+        setting = "MatMulNBits 4-bit GPTQ sym block 128, act_order (MatMul only, 32 Lee documents)"
+    elif which.startswith("nncf-"):
+        return run_nncf(handle, which.removeprefix("nncf-"), out_dir)
+    else:
+        raise ValueError(f"unknown onnxruntime baseline {which}")
     return path, setting, time.perf_counter() - start
+
+
+def run_nncf(handle, variant: str, out_dir: Path) -> tuple[Path, str, float]:
+    """NNCF's compress_weights (INT4_ASYM, group 128), in .venv-bench (bench/anchors/run_nncf.py)."""
+    import json
+    import subprocess
+
+    python = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
+    if not python.exists():
+        raise FileNotFoundError(f"{python} (tools/setup-bench.sh makes it)")
+    cmd = [str(python), "-m", "bench.anchors.run_nncf", "--model", str(handle.path), "--out", str(out_dir),
+           "--variant", variant]
+    if variant == "awq-se":
+        feeds = out_dir.parent / f"{out_dir.name}-feeds.npz"
+        np.savez(feeds, **{f"{i}:{k}": v for i, feed in enumerate(_lee_feeds(handle.path)) for k, v in feed.items()})
+        cmd += ["--feeds", str(feeds)]
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"nncf {variant} failed: {done.stderr.strip().splitlines()[-1:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    what = "data-free" if variant == "data-free" else "AWQ + scale estimation, 32 Lee documents"
+    setting = (f"NNCF {report['nncf']} compress_weights INT4_ASYM group 128, ADJUST fallback ({what}; "
+               "embedding, last layer int8)")
+    return out_dir / "model.onnx", setting, report["seconds"]
+
+
+def _lee_feeds(model_path: Path) -> list[dict[str, np.ndarray]]:
+    """The same 32 Lee background documents edgefold's calibrated settings read, as model feeds."""
+    from edgefold.passes.common.calibration import calibration_feeds
+
+    names = {i.name for i in onnx_io.session(model_path).get_inputs()}
+    return [{k: v for k, v in feed.items() if k in names}
+            for feed in calibration_feeds(Path(model_path), 32, "bench", "")]
 
 
 # ---------------------------------------------------------------- main
@@ -217,13 +282,13 @@ def plot_summary(rows: list[Row], path: Path) -> None:
             if row.model != model or row.metric != primary[model] or row.file_bytes is None:
                 continue
             colour = "tab:blue" if row.method == "edgefold quantize" else (
-                "tab:red" if row.method.startswith("onnxruntime") else "black")
+                "tab:red" if row.method.startswith("onnxruntime") else "tab:green" if row.method == "nncf" else "black")
             ax.scatter(row.file_bytes / 1e6, row.value, color=colour, s=18)
             ax.annotate(row.setting.split(",")[0][:24], (row.file_bytes / 1e6, row.value), fontsize=5.5,
                         xytext=(3, 2), textcoords="offset points")
         ax.set_xlabel("file MB")
         ax.set_ylabel(primary[model])
-        ax.set_title(f"{model}: blue edgefold, red onnxruntime", fontsize=8)
+        ax.set_title(f"{model}: blue edgefold, red onnxruntime, green NNCF", fontsize=8)
         if model == "smollm2-135m":
             ax.set_yscale("log")
     fig.tight_layout()
@@ -235,7 +300,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1,024 tokens and no onnxruntime baselines")
     parser.add_argument("--models", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--baselines", default=None,
+                        help="comma-separated baselines (e.g. hqq128,gptq128,nncf-awq-se) to run alone: their rows "
+                             "replace the same rows of bench/results/quantize.json, every other row is kept")
+    parser.add_argument("--skip", default=None, help="with --baselines: MODEL:BASELINE pairs not to run")
     args = parser.parse_args()
+    if args.baselines:
+        run_baselines_only(args.models, args.baselines.split(","), frozenset(args.skip.split(",")) if args.skip else frozenset())
+        return
     tokens = 1024 if args.quick else 8192
     profile = load_profile(PROFILE)
     rows: list[Row] = []
@@ -265,12 +337,45 @@ def main() -> None:
                 for which in ORT_BASELINES[model_name]:
                     out_dir = Path(scratch) / model_name / f"ort-{which}"
                     path, setting, seconds = run_onnxruntime(handle, which, out_dir)
-                    rows += measure(handle, path, model_name, "onnxruntime.quantization", setting, params,
-                                    seconds, tokens, {})
+                    tool = "nncf" if which.startswith("nncf-") else "onnxruntime.quantization"
+                    rows += measure(handle, path, model_name, tool, setting, params, seconds, tokens, {})
     name = "quantize_quick" if args.quick else "quantize"
     out = write_results(name, rows)
     plot_summary(rows, RESULTS_DIR / f"{name}.png")
     print_table("quantize: weight-only quantization vs onnxruntime's quantizers", rows)
+    print(f"wrote {out}")
+
+
+def run_baselines_only(models: list[str], baselines: list[str], skip: frozenset[str] = frozenset()) -> None:
+    """Rerun some comparison rows (8,192 tokens) without the rest of the benchmark: the edgefold rows
+    and the other baselines stay as the last full run wrote them."""
+    import json
+
+    path = RESULTS_DIR / "quantize.json"
+    rows = []
+    with machine_lock(), tempfile.TemporaryDirectory(prefix="bench-quantize-") as scratch:
+        for model_name in models:
+            handle = export_model(model_name)
+            params = parameter_count(onnx_io.load(handle.path))
+            for which in baselines:
+                if which not in ORT_BASELINES[model_name] or f"{model_name}:{which}" in skip:
+                    continue
+                out_dir = Path(scratch) / model_name / f"ort-{which}"
+                try:
+                    model_path, setting, seconds = run_onnxruntime(handle, which, out_dir)
+                except Exception as error:  # one failing tool must not lose the rows measured before it
+                    print(f"{model_name} {which}: FAILED, no row: {error}", flush=True)
+                    continue
+                tool = "nncf" if which.startswith("nncf-") else "onnxruntime.quantization"
+                rows += measure(handle, model_path, model_name, tool, setting, params, seconds, 8192, {})
+                print_table(f"quantize: {model_name} {which}", rows[-3:])
+    fields = set(Row.__dataclass_fields__) - {"extra"}
+    replaced = {(r.model, r.method, r.setting) for r in rows}
+    kept = [Row(**{k: v for k, v in d.items() if k in fields}, extra={k: v for k, v in d.items() if k not in fields})
+            for d in json.loads(path.read_text()) if (d["model"], d["method"], d["setting"]) not in replaced]
+    out = write_results("quantize", kept + rows)
+    plot_summary(kept + rows, RESULTS_DIR / "quantize.png")
+    print_table("quantize: the rerun rows", rows)
     print(f"wrote {out}")
 
 
