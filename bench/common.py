@@ -62,6 +62,16 @@ def timed() -> Iterator[dict[str, float]]:
         box["seconds"] = round(time.perf_counter() - start, 3)
 
 
+def read_results(name: str) -> list[Row]:
+    """The rows `write_results(name, ...)` wrote last (none when there is no such file)."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return []
+    fields = set(Row.__dataclass_fields__) - {"extra"}
+    return [Row(**{k: v for k, v in data.items() if k in fields}, extra={k: v for k, v in data.items() if k not in fields})
+            for data in json.loads(path.read_text())]
+
+
 def write_results(name: str, rows: list[Row]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"

@@ -31,7 +31,6 @@ folded per layer (ratio 0.34).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import RESULTS_DIR, Row, apply_pass, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
+from bench.common import Row, apply_pass, read_results, lee_embeddings as embeddings, machine_lock, print_table, write_results  # noqa: E402
 from edgefold import onnx_io  # noqa: E402
 from edgefold.evaluate import evaluate, primary_metric  # noqa: E402
 from edgefold.export import export_model  # noqa: E402
@@ -140,18 +139,9 @@ def plot(rows: list[Row], path: Path) -> None:
 
 def _kept_rows(name: str, models: list[str], methods: set[str]) -> list[Row]:
     """Rows of the existing results that a partial run does not replace."""
-    path = RESULTS_DIR / f"{name}.json"
-    if not path.exists():
-        return []
-    fields = {f for f in Row.__dataclass_fields__ if f != "extra"}
     rerun_all = methods == {m for m, _ in METHODS}  # the extras run too: all of the model's rows go
-    kept = []
-    for data in json.loads(path.read_text()):
-        if data["model"] in models and (rerun_all or data["method"] in methods or data["method"] == "fp32"):
-            continue
-        kept.append(Row(**{k: v for k, v in data.items() if k in fields},
-                        extra={k: v for k, v in data.items() if k not in fields}))
-    return kept
+    return [row for row in read_results(name)
+            if not (row.model in models and (rerun_all or row.method in methods or row.method == "fp32"))]
 
 
 def main() -> None:

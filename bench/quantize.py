@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS_DIR, Row, machine_lock, print_table, write_results  # noqa: E402
+from bench.common import RESULTS_DIR, Row, machine_lock, print_table, read_results, write_results  # noqa: E402
 from edgefold import onnx_io  # noqa: E402
 from edgefold.analysis import analyse  # noqa: E402
 from edgefold.evaluate import evaluate  # noqa: E402
@@ -193,42 +193,43 @@ def run_onnxruntime(handle, which: str, out_dir: Path) -> tuple[Path, str, float
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.onnx"
     start = time.perf_counter()
+    if which.startswith("nncf-"):
+        return run_nncf(handle, which.removeprefix("nncf-"), out_dir)
     if which == "dynamic":
         quantize_dynamic(str(handle.path), str(path), weight_type=QuantType.QInt8, use_external_data_format=True)
-        setting = "quantize_dynamic int8 (per tensor, activations int8 at run time)"
-    elif which.startswith("nbits"):
+        return path, "quantize_dynamic int8 (per tensor, activations int8 at run time)", time.perf_counter() - start
+    # MatMulNBitsQuantizer gets the weights in memory: given a path, its GPTQ serialises the graph
+    # without them and then looks for the external data file beside the working folder.
+    model = onnx.load(str(handle.path))
+    if which.startswith("nbits"):
         block = int(which.removeprefix("nbits"))
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(handle.path)), block_size=block, is_symmetric=False)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+        quantizer = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=False)
         setting = f"MatMulNBits 4-bit RTN asym block {block} (MatMul only)"
     elif which == "hqq128":
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(handle.path)), block_size=128, is_symmetric=False,
+        quantizer = MatMulNBitsQuantizer(model, block_size=128, is_symmetric=False,
                                          algo_config=HQQWeightOnlyQuantConfig(block_size=128, bits=4))
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
         setting = "MatMulNBits 4-bit HQQ block 128 (MatMul only, data-free)"
     elif which == "gptq128":
         from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig
 
         config = GPTQWeightOnlyQuantConfig(calibration_data_reader=_lee_feeds(handle.path), block_size=128,
                                            actorder=True)
-        # The weights in memory: given a path, its GPTQ serialises the graph without them and then
-        # looks for the external data file beside the working folder. Symmetric: its asymmetric
-        # packing of zero points fails when K / 128 is odd (MiniLM's 384, SmolLM2's 576:
-        # "cannot reshape array of size 576 into shape (384,newaxis)" in onnxruntime 1.32).
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(handle.path)), block_size=128, is_symmetric=True,
-                                         algo_config=config)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+        # Symmetric: its asymmetric packing of zero points fails when K / 128 is odd (MiniLM's 384,
+        # SmolLM2's 576: "cannot reshape array of size 576 into shape (384,newaxis)", onnxruntime 1.32).
+        quantizer = MatMulNBitsQuantizer(model, block_size=128, is_symmetric=True, algo_config=config)
         setting = "MatMulNBits 4-bit GPTQ sym block 128, act_order (MatMul only, 32 Lee documents)"
-    elif which.startswith("nncf-"):
-        return run_nncf(handle, which.removeprefix("nncf-"), out_dir)
     else:
         raise ValueError(f"unknown onnxruntime baseline {which}")
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
     return path, setting, time.perf_counter() - start
+
+
+def tool_of(which: str) -> str:
+    """The `method` of a comparison row: which tool made it."""
+    return "nncf" if which.startswith("nncf-") else "onnxruntime.quantization"
 
 
 def run_nncf(handle, variant: str, out_dir: Path) -> tuple[Path, str, float]:
@@ -337,8 +338,7 @@ def main() -> None:
                 for which in ORT_BASELINES[model_name]:
                     out_dir = Path(scratch) / model_name / f"ort-{which}"
                     path, setting, seconds = run_onnxruntime(handle, which, out_dir)
-                    tool = "nncf" if which.startswith("nncf-") else "onnxruntime.quantization"
-                    rows += measure(handle, path, model_name, tool, setting, params, seconds, tokens, {})
+                    rows += measure(handle, path, model_name, tool_of(which), setting, params, seconds, tokens, {})
     name = "quantize_quick" if args.quick else "quantize"
     out = write_results(name, rows)
     plot_summary(rows, RESULTS_DIR / f"{name}.png")
@@ -349,9 +349,6 @@ def main() -> None:
 def run_baselines_only(models: list[str], baselines: list[str], skip: frozenset[str] = frozenset()) -> None:
     """Rerun some comparison rows (8,192 tokens) without the rest of the benchmark: the edgefold rows
     and the other baselines stay as the last full run wrote them."""
-    import json
-
-    path = RESULTS_DIR / "quantize.json"
     rows = []
     with machine_lock(), tempfile.TemporaryDirectory(prefix="bench-quantize-") as scratch:
         for model_name in models:
@@ -366,13 +363,10 @@ def run_baselines_only(models: list[str], baselines: list[str], skip: frozenset[
                 except Exception as error:  # one failing tool must not lose the rows measured before it
                     print(f"{model_name} {which}: FAILED, no row: {error}", flush=True)
                     continue
-                tool = "nncf" if which.startswith("nncf-") else "onnxruntime.quantization"
-                rows += measure(handle, model_path, model_name, tool, setting, params, seconds, 8192, {})
+                rows += measure(handle, model_path, model_name, tool_of(which), setting, params, seconds, 8192, {})
                 print_table(f"quantize: {model_name} {which}", rows[-3:])
-    fields = set(Row.__dataclass_fields__) - {"extra"}
     replaced = {(r.model, r.method, r.setting) for r in rows}
-    kept = [Row(**{k: v for k, v in d.items() if k in fields}, extra={k: v for k, v in d.items() if k not in fields})
-            for d in json.loads(path.read_text()) if (d["model"], d["method"], d["setting"]) not in replaced]
+    kept = [r for r in read_results("quantize") if (r.model, r.method, r.setting) not in replaced]
     out = write_results("quantize", kept + rows)
     plot_summary(kept + rows, RESULTS_DIR / "quantize.png")
     print_table("quantize: the rerun rows", rows)

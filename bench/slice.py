@@ -99,9 +99,9 @@ def bench_model(name: str, ratios: list[float], tokens: int, work: Path, rows: l
         extra = {"channel_ratio": stats["channel_ratio"], "ffn_param_ratio": stats["ffn_param_ratio"],
                  "kept": [layer["kept"] for layer in stats["layers"]], "tokens": tokens if metric == "perplexity" else None,
                  f"{metric}_vs_fp32": metrics[metric] / base}
-        if "lsq_error_ratio" in str(stats["layers"]):
-            extra["lsq_error_ratio_mean"] = round(float(np.mean([layer["lsq_error_ratio"] for layer in stats["layers"]
-                                                                 if "lsq_error_ratio" in layer])), 4)
+        repaired = [layer["lsq_error_ratio"] for layer in stats["layers"] if "lsq_error_ratio" in layer]
+        if repaired:
+            extra["lsq_error_ratio_mean"] = round(float(np.mean(repaired)), 4)
             extra["calibration_samples"] = stats["calibration_samples"]
         if method.startswith("policy"):
             trained = graph_pass.policy_trained

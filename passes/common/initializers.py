@@ -19,9 +19,11 @@ def array(model: ir.Model, name: str) -> np.ndarray:
     return value.const_value.numpy()
 
 
-def _fresh_name(model: ir.Model, base: str) -> str:
+def fresh_name(model: ir.Model, base: str) -> str:
+    """`base`, or `base.2`, `base.3`, ...: the first name no initializer or node output of the graph uses."""
+    taken = set(model.graph.initializers) | {v.name for node in model.graph for v in node.outputs}
     candidate, index = base, 1
-    while candidate in model.graph.initializers:
+    while candidate in taken:
         index += 1
         candidate = f"{base}.{index}"
     return candidate
@@ -39,7 +41,7 @@ def replace_initializer(model: ir.Model, name: str, data: np.ndarray, *, readers
     tensor_dtype = value.const_value.dtype
     data = np.ascontiguousarray(data.astype(tensor_dtype.numpy()))
     if readers is not None and users - set(readers):
-        new_name = _fresh_name(model, f"{name}.{readers[0].name}")
+        new_name = fresh_name(model, f"{name}.{readers[0].name}")
         new_value = ir.Value(name=new_name, shape=ir.Shape(data.shape), type=ir.TensorType(tensor_dtype),
                              const_value=ir.Tensor(data, name=new_name))
         model.graph.register_initializer(new_value)

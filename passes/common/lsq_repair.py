@@ -27,7 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from edgefold.passes.common.initializers import array, node_by_name, replace_initializer
+from edgefold.passes.common.initializers import array, fresh_name, node_by_name, replace_initializer
+
+
+# The default `repair_damping` of slice and fold: on SmolLM2 at 20% sliced (2,048 tokens) lam 0.01 /
+# 0.1 / 1 / 3 gave perplexity 37.13 / 35.13 / 33.98 / 34.04 (docs/slice.md).
+DEFAULT_DAMPING = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def write_refit(model: ir.Model, consumer, refit: Refit, nodes: dict[str, ir.Nod
 def _add_bias(model: ir.Model, node: ir.Node, bias: np.ndarray) -> None:
     """Insert `y + bias` after `node`'s output and move every reader (and a graph output) onto it."""
     output = node.outputs[0]
-    name = _fresh_value_name(model, f"{node.name}.lsq_bias")
+    name = fresh_name(model, f"{node.name}.lsq_bias")
     constant = ir.Value(name=name, shape=ir.Shape(bias.shape), type=ir.TensorType(ir.DataType.FLOAT),
                         const_value=ir.Tensor(bias, name=name))
     model.graph.register_initializer(constant)
@@ -120,11 +125,3 @@ def _add_bias(model: ir.Model, node: ir.Node, bias: np.ndarray) -> None:
     add.replace_input_with(0, output)  # replace_all_uses_with also moved the Add's own input
     model.graph.insert_after(node, add)
 
-
-def _fresh_value_name(model: ir.Model, base: str) -> str:
-    names = set(model.graph.initializers) | {v.name for n in model.graph for v in n.outputs}
-    candidate, index = base, 1
-    while candidate in names:
-        index += 1
-        candidate = f"{base}.{index}"
-    return candidate

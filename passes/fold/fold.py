@@ -51,13 +51,11 @@ from edgefold.passes.fold.fold_math import (
     random_keep,
 )
 from edgefold.passes.fold.kmeans import canonical_labels, kmeans_labels, ward_labels, ward_tree
-from edgefold.passes.common.lsq_repair import repair_consumer
+from edgefold.passes.common.lsq_repair import DEFAULT_DAMPING, repair_consumer
 from edgefold.passes.common.reporting import nothing_removed, warn_if_rounded
 from edgefold.passes.registry import register_pass
 
 Structure = Literal["ffn", "attention", "conv"]
-
-LSQ_DAMPING = 1.0  # see passes/common/lsq_repair.py and bench/fold.py's lsq rows
 
 # Per-layer caps of the auto allocation, measured: on SmolLM2 FFNs 0.45 against 0.75 gives
 # perplexity 31.8 vs 33.4 at 10% (anchored fold, 2048 tokens); on EfficientNet's conv sets
@@ -86,7 +84,7 @@ class FoldConfig(PassConfig):
                             "auto picks per structure; lsq (uses data): re-fit each FFN's down projection and a bias "
                             "in closed form on calibration activations (attention and conv sets get auto's choice)")
     repair_damping: float = pydantic.Field(
-        LSQ_DAMPING, ge=0.0, description="repair=lsq: pull toward the data-free fold, relative to the mean activation "
+        DEFAULT_DAMPING, ge=0.0, description="repair=lsq: pull toward the data-free fold, relative to the mean activation "
                                          "energy (0: a free least-squares fit)")
     calibration_samples: int = pydantic.Field(32, ge=1, description="repair=lsq: calibration documents/batches run")
     calibration_text: str | None = pydantic.Field(
@@ -246,15 +244,15 @@ class FoldPass(GraphPass):
         rng = np.random.default_rng(seed)
         stats: dict[str, Any] = {"method": cfg.method, "allocation": cfg.allocation, "seed": seed,
                                  "channel_multiple": multiple, "groups": {}}
-        self._moments = self._measure_for_lsq(model, plans, context, stats)
+        moments = self._measure_for_lsq(model, plans, context, stats)
         for plan in progress.track(plans, "fold: merging"):
             stats["groups"][plan.name] = [plan.width, plan.keep]
             if plan.keep >= plan.width:
                 continue
             keep_or_labels = self._assign(plan, rng, seed)
             self._apply(model, analysis, plan, keep_or_labels)
-            if plan.name in self._moments:
-                stats["lsq_error_ratio"][plan.name] = self._repair_lsq(model, plan, keep_or_labels)
+            if plan.name in moments:
+                stats["lsq_error_ratio"][plan.name] = self._repair_lsq(model, plan, keep_or_labels, moments[plan.name])
         self._report(plans, stats, multiple)
         return PassOutcome(model, stats)
 
@@ -263,10 +261,10 @@ class FoldPass(GraphPass):
         """repair=lsq: E[[h, 1][h, 1]^T] of the intermediate of every FFN that will shrink, from
         one calibration run of the pass's input model, by plan name; the calibration goes in stats."""
         cfg = self.config
-        targets = [p for p in plans if p.structure == "ffn" and p.keep < p.width]
         if cfg.repair != "lsq":
             return {}
         stats.update(repair="lsq", repair_damping=cfg.repair_damping, lsq_error_ratio={})
+        targets = [p for p in plans if p.structure == "ffn" and p.keep < p.width]
         if not targets:
             return {}
         from edgefold.passes.common.calibration import input_moments
@@ -280,7 +278,8 @@ class FoldPass(GraphPass):
         stats.update(run.stats())
         return {plan: measured[name] for plan, name in names.items()}
 
-    def _repair_lsq(self, model: ir.Model, plan: _Plan, assignment: Kept | Clustered | Anchored) -> float:
+    def _repair_lsq(self, model: ir.Model, plan: _Plan, assignment: Kept | Clustered | Anchored,
+                    moments: np.ndarray) -> float:
         """Re-fit the FFN's down projection on the channels that stayed (in the new weight's row order)."""
         if isinstance(assignment, Anchored):
             kept = assignment.anchors
@@ -289,8 +288,7 @@ class FoldPass(GraphPass):
         else:  # the config validator refuses merge=mean with lsq; auto anchors FFNs
             raise EdgefoldError(f"fold: repair=lsq cannot re-fit {plan.name}: its channels were replaced by means")
         original = np.asarray(plan.source.consumer_columns)
-        return repair_consumer(model, plan.source.group.consumer, original, kept, self._moments[plan.name],
-                               self.config.repair_damping)
+        return repair_consumer(model, plan.source.group.consumer, original, kept, moments, self.config.repair_damping)
 
     def _report(self, plans: list[_Plan], stats: dict[str, Any], multiple: int) -> None:
         """Channels removed, and the parameter ratio achieved per structure against `ratio`."""

@@ -53,7 +53,7 @@ from edgefold.passes.common.ffn_channels import remap_ffn, selection_maps
 from edgefold.passes.common.channel_allocation import feasible_cap
 from edgefold.passes.common.ffn_importance import FfnMatrices, score_channels, standardise
 from edgefold.passes.common.initializers import array, node_by_name
-from edgefold.passes.common.lsq_repair import repair_consumer
+from edgefold.passes.common.lsq_repair import DEFAULT_DAMPING, repair_consumer
 from edgefold.passes.common.norm_scale import input_norm_scale
 from edgefold.passes.common.reporting import nothing_removed, warn_if_rounded
 from edgefold.passes.registry import register_pass
@@ -69,7 +69,6 @@ from edgefold.passes.slice.prune_policy import (
 )
 
 PROBE_RATIO = 0.4
-LSQ_DAMPING = 1.0
 
 
 class SliceConfig(PassConfig):
@@ -102,7 +101,7 @@ class SliceConfig(PassConfig):
         "none", description="lsq: re-fit each sliced FFN's down projection (and a new bias) in closed form on "
                             "calibration activations (uses data); none: keep the remaining weights as they are")
     repair_damping: float = pydantic.Field(
-        LSQ_DAMPING, ge=0.0, description="repair=lsq: pull toward the unrepaired weights, relative to the mean "
+        DEFAULT_DAMPING, ge=0.0, description="repair=lsq: pull toward the unrepaired weights, relative to the mean "
                                          "activation energy (0: a free least-squares fit)")
     calibration_samples: int = pydantic.Field(32, ge=1, description="documents run for method=activation and repair=lsq")
     calibration_text: str | None = pydantic.Field(

@@ -70,6 +70,13 @@ def _slice(handle, options, out, *, profile=None):
     return path, outcome.stats, graph_pass
 
 
+def _mean_cosine(path, inputs, reference: dict, name: str) -> float:
+    """Mean per-row cosine between the model's output `name` on `inputs` and the reference's."""
+    got = onnx_io.run(onnx_io.session(path), inputs)[name].reshape(len(reference[name]), -1)
+    ref = reference[name].reshape(len(got), -1)
+    return float(np.mean((got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)))
+
+
 def _sha(path) -> str:
     digest = hashlib.sha256()
     for file in onnx_io.model_files(path):
@@ -203,17 +210,12 @@ def test_activation_ranking_keeps_minilm_closer_than_random(minilm_handle, tmp_p
     inputs, reference = minilm_handle.reference_io()
     name = next(iter(reference))
 
-    def cosine(path):
-        got = onnx_io.run(onnx_io.session(path), inputs)[name].reshape(len(reference[name]), -1)
-        ref = reference[name].reshape(len(got), -1)
-        return float(np.mean((got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)))
-
     options = {"ratio": 0.4, "allocation": "uniform", "calibration_samples": 4}
     path, stats, _ = _slice(minilm_handle, {**options, "method": "activation"}, tmp_path / "act")
     onnx_io.check(path)
     assert stats["calibration_samples"] == 4 and stats["channel_ratio"] == pytest.approx(0.4, abs=0.01)
     random_path, _, _ = _slice(minilm_handle, {**options, "method": "random"}, tmp_path / "random")
-    assert cosine(path) > cosine(random_path) + 0.02
+    assert _mean_cosine(path, inputs, reference, name) > _mean_cosine(random_path, inputs, reference, name) + 0.02
 
 
 def test_activation_ranking_errors_are_one_line(gated, tmp_path):
@@ -304,17 +306,12 @@ def test_lsq_repair_brings_minilm_closer_and_records_its_calibration(minilm_hand
     inputs, reference = minilm_handle.reference_io()
     name = next(iter(reference))
 
-    def cosine(path):
-        got = onnx_io.run(onnx_io.session(path), inputs)[name].reshape(len(reference[name]), -1)
-        ref = reference[name].reshape(len(got), -1)
-        return float(np.mean((got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)))
-
     options = {"ratio": 0.4, "method": "magnitude", "allocation": "uniform"}
     plain, _, _ = _slice(minilm_handle, options, tmp_path / "plain")
     repaired, stats, _ = _slice(minilm_handle, {**options, "repair": "lsq", "calibration_samples": 4},
                                 tmp_path / "lsq")
     onnx_io.check(repaired)
-    assert cosine(repaired) > cosine(plain) + 0.01
+    assert _mean_cosine(repaired, inputs, reference, name) > _mean_cosine(plain, inputs, reference, name) + 0.01
     ratios = [layer["lsq_error_ratio"] for layer in stats["layers"]]
     assert len(ratios) == 6 and all(0 < r < 1 for r in ratios)
     assert stats["calibration_samples"] == 4 and len(stats["calibration_inputs_sha256"]) == 64
